@@ -1,0 +1,23 @@
+"""Helpers for the child processes mqserve starts (Redis, nodes, replicas)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def child_preexec() -> None:
+    """Run in a child before exec: its own session (terminal Ctrl-C goes to the parent
+    only, which shuts down in order), and on Linux a SIGTERM when the parent dies, so
+    nothing outlives a driver that was killed."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass

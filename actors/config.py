@@ -1,0 +1,157 @@
+"""Deployment options and process settings, each default named once with its unit.
+
+Defaults and meanings follow Ray Serve (``ray.serve._private.constants``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Optional, Union
+
+#: Requests one replica runs at once (Ray Serve's default since 2.32).
+DEFAULT_MAX_ONGOING_REQUESTS = 5
+#: Requests that may wait in a deployment's queue; -1 means unlimited.
+DEFAULT_MAX_QUEUED_REQUESTS = -1
+DEFAULT_NUM_REPLICAS = 1
+DEFAULT_HEALTH_CHECK_PERIOD_S = 10.0
+DEFAULT_HEALTH_CHECK_TIMEOUT_S = 30.0
+DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 20.0
+DEFAULT_GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 2.0
+#: Seconds a request's outcome stays readable under its result key when unread.
+DEFAULT_RESULT_TTL_S = 300.0
+#: Seconds ``serve.run`` waits for an application's replicas before failing.
+DEFAULT_DEPLOY_TIMEOUT_S = 300.0
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_NAMESPACE = "mqserve"
+
+_AUTOSCALING_DEFAULTS: dict[str, Any] = {
+    "min_replicas": 1,
+    "max_replicas": 1,
+    "initial_replicas": None,
+    "target_ongoing_requests": 2.0,
+    "upscale_delay_s": 30.0,
+    "downscale_delay_s": 600.0,
+}
+
+
+class ConfigError(ValueError):
+    """An option has a value mqserve cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """The per-deployment options of ``@serve.deployment`` and ``.options()``."""
+
+    num_replicas: Union[int, str, None] = DEFAULT_NUM_REPLICAS
+    max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
+    autoscaling_config: Optional[dict[str, Any]] = None
+    user_config: Any = None
+    health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S
+    health_check_timeout_s: float = DEFAULT_HEALTH_CHECK_TIMEOUT_S
+    graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
+    graceful_shutdown_wait_loop_s: float = DEFAULT_GRACEFUL_SHUTDOWN_WAIT_LOOP_S
+    ray_actor_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.num_replicas
+        if n == "auto":
+            auto = {**_AUTOSCALING_DEFAULTS, "max_replicas": 100, **(self.autoscaling_config or {})}
+            object.__setattr__(self, "autoscaling_config", auto)
+        elif n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ConfigError(f"num_replicas must be a non-negative int or 'auto', got {n!r}")
+        if self.autoscaling_config is not None:
+            object.__setattr__(self, "autoscaling_config", _check_autoscaling(self.autoscaling_config))
+        if not isinstance(self.max_ongoing_requests, int) or self.max_ongoing_requests < 1:
+            raise ConfigError(f"max_ongoing_requests must be an int >= 1, got {self.max_ongoing_requests!r}")
+        q = self.max_queued_requests
+        if not isinstance(q, int) or (q != -1 and q < 1):
+            raise ConfigError(f"max_queued_requests must be -1 (unlimited) or an int >= 1, got {q!r}")
+        for name in ("health_check_period_s", "health_check_timeout_s", "graceful_shutdown_timeout_s",
+                     "graceful_shutdown_wait_loop_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative number of seconds, got {value!r}")
+        if self.user_config is not None:
+            try:
+                json.dumps(self.user_config)
+            except TypeError as e:
+                raise ConfigError(f"user_config must be JSON-serializable: {e}") from e
+
+    @property
+    def target_replicas(self) -> int:
+        """Replicas to run now: ``num_replicas``, or the autoscaler's starting point."""
+        if self.autoscaling_config is not None:
+            auto = self.autoscaling_config
+            initial = auto.get("initial_replicas")
+            return int(initial if initial is not None else auto["min_replicas"])
+        return int(self.num_replicas if self.num_replicas is not None else DEFAULT_NUM_REPLICAS)
+
+    def with_options(self, **options: Any) -> "DeploymentConfig":
+        unknown = set(options) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown deployment option(s): {', '.join(sorted(unknown))}")
+        return replace(self, **options)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def _check_autoscaling(config: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(config) - set(_AUTOSCALING_DEFAULTS) - {"look_back_period_s", "metrics_interval_s",
+                                                         "upscaling_factor", "downscaling_factor",
+                                                         "downscale_to_zero_delay_s", "smoothing_factor"}
+    if unknown:
+        raise ConfigError(f"unknown autoscaling_config field(s): {', '.join(sorted(unknown))}")
+    auto = {**_AUTOSCALING_DEFAULTS, **config}
+    lo, hi, init = auto["min_replicas"], auto["max_replicas"], auto["initial_replicas"]
+    if not (0 <= lo <= hi) or hi < 1:
+        raise ConfigError(f"autoscaling_config needs 0 <= min_replicas <= max_replicas and max_replicas >= 1, "
+                          f"got min={lo} max={hi}")
+    if init is not None and not (lo <= init <= hi):
+        raise ConfigError(f"initial_replicas must lie between min_replicas and max_replicas, got {init}")
+    return auto
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide settings from ``MQSERVE_*`` environment variables, read in one place."""
+
+    redis_url: Optional[str] = None
+    namespace: str = DEFAULT_NAMESPACE
+    http_host: str = DEFAULT_HTTP_HOST
+    http_port: int = DEFAULT_HTTP_PORT
+    result_ttl_s: float = DEFAULT_RESULT_TTL_S
+    deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S
+
+    @classmethod
+    def from_env(cls, env: Optional[dict[str, str]] = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        return cls(
+            redis_url=env.get("MQSERVE_REDIS_URL") or None,
+            namespace=env.get("MQSERVE_NAMESPACE") or DEFAULT_NAMESPACE,
+            http_host=env.get("MQSERVE_HTTP_HOST") or DEFAULT_HTTP_HOST,
+            http_port=_number(env, "MQSERVE_HTTP_PORT", DEFAULT_HTTP_PORT, int),
+            result_ttl_s=_number(env, "MQSERVE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S, float),
+            deploy_timeout_s=_number(env, "MQSERVE_DEPLOY_TIMEOUT_S", DEFAULT_DEPLOY_TIMEOUT_S, float),
+        )
+
+    @property
+    def result_ttl_ms(self) -> int:
+        return int(self.result_ttl_s * 1000)
+
+
+def _number(env: dict[str, str], name: str, default: Any, kind: type) -> Any:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {raw!r}")
+    return value

@@ -1,0 +1,239 @@
+"""The driver's connection to mqserve: which Redis, which local processes, which apps.
+
+``serve.start`` creates one :class:`ServeContext` per process; ``serve.shutdown`` and
+interpreter exit tear it down, stopping local processes in order (node, then Redis).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import sysconfig
+import threading
+import time
+import uuid
+from typing import Any, Optional
+
+import cloudpickle
+
+from broker import codec
+from broker.calls import close_clients
+from broker.connection import connect
+from broker.keys import Keys
+from broker.registry import Registry, RouteConflictError
+
+from ._local import LocalNode, LocalRedis
+from .config import ConfigError, DeploymentConfig, Settings
+from .deployment import Application, DeploymentPlan, build_app
+from .exceptions import DeployFailedError, DeploymentUnavailableError, rebuild_remote_error
+from .handle import DeploymentHandle
+from .status import (ApplicationStatusOverview, ServeStatus, application_status, deployment_status)
+
+logger = logging.getLogger("mqserve")
+
+#: Seconds between checks of the deploy state when no event arrives (events wake us sooner).
+EVENT_WAIT_S = 0.5
+
+
+class ServeContext:
+    """Everything a driver process holds; created by ``serve.start``."""
+
+    def __init__(self, settings: Settings, *, redis_url: Optional[str] = None,
+                 http_options: Optional[dict[str, Any]] = None) -> None:
+        self.settings = settings
+        self.http_options = dict(http_options or {})
+        self.local_redis: Optional[LocalRedis] = None
+        url = redis_url or settings.redis_url
+        if url is None:
+            self.local_redis = LocalRedis()
+            url = self.local_redis.url
+        self.url = url
+        self.keys = Keys(settings.namespace)
+        self.registry = Registry(connect(url), self.keys)
+        try:
+            self.registry.redis.ping()
+        except Exception as e:
+            self._stop_local()
+            raise ConnectionError(f"Cannot reach Redis at {url}: {e}. Check MQSERVE_REDIS_URL.") from e
+        # Until cluster mode, the driver always brings a node, so replicas run here.
+        self.node: Optional[LocalNode] = LocalNode(url, settings.namespace)
+        self.apps: set[str] = set()
+
+    # Handles -------------------------------------------------------------------------------
+    def handle(self, deployment: str, app: str) -> DeploymentHandle:
+        return DeploymentHandle(deployment, app, _redis_url=self.url, _namespace=self.keys.ns,
+                                _result_ttl_ms=self.settings.result_ttl_ms)
+
+    # Deploy ---------------------------------------------------------------------------------
+    def deploy(self, app: Application, name: str, route_prefix: Optional[str]) -> DeploymentHandle:
+        ingress, plans = build_app(app, lambda dep: self.handle(dep, name))
+        versions = {p.name: uuid.uuid4().hex[:12] for p in plans}
+        fields = {p.name: _registry_fields(p, versions[p.name]) for p in plans}
+        record = {"name": name, "route_prefix": route_prefix, "ingress": ingress,
+                  "deployments": [p.name for p in plans]}
+        pubsub = self.registry.subscribe()
+        try:
+            try:
+                self.registry.put_app(record, fields)
+            except RouteConflictError as e:
+                raise ConfigError(str(e)) from None
+            self.apps.add(name)
+            targets = {p.name: p.config.target_replicas for p in plans}
+            self._await_running(name, versions, targets, pubsub)
+        finally:
+            pubsub.close()
+        return self.handle(ingress, name)
+
+    def _await_running(self, app: str, versions: dict[str, str], targets: dict[str, int], pubsub: Any) -> None:
+        deadline = time.monotonic() + self.settings.deploy_timeout_s
+        while True:
+            records = self.registry.replica_sets(app, versions)
+            for dep, reps in records.items():
+                for rid, rec in reps.items():
+                    if rec.get("version") == versions[dep] and rec.get("state") == "DEPLOY_FAILED":
+                        raise self._constructor_error(app, dep, rid, rec)
+            if all(sum(1 for r in records[d].values() if r.get("version") == v and r.get("state") == "RUNNING")
+                   >= targets[d] for d, v in versions.items()):
+                return
+            if self.node is not None and not self.node.alive():
+                raise DeployFailedError("The local mqserve node process exited; see its output above.")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeployFailedError(
+                    f"Application '{app}' did not start within {self.settings.deploy_timeout_s} s "
+                    "(MQSERVE_DEPLOY_TIMEOUT_S). Check the replica logs; serve.status() shows the state.")
+            pubsub.get_message(timeout=min(EVENT_WAIT_S, remaining))
+
+    def _constructor_error(self, app: str, dep: str, rid: str, rec: dict[str, Any]) -> BaseException:
+        blob = self.registry.replica_error(rid)
+        if blob:
+            ok, failure = codec.decode_outcome(blob)
+            if not ok:
+                return rebuild_remote_error(failure.exception, failure.exc_type, failure.type_name,
+                                            failure.message, failure.traceback)
+        return DeployFailedError(f"Deployment '{dep}' of application '{app}' failed to start:\n"
+                                 f"{rec.get('message', '')}")
+
+    # Delete and status --------------------------------------------------------------------------
+    def delete(self, name: str, blocking: bool = True) -> None:
+        record = self.registry.app(name)
+        if record is None:
+            return
+        pubsub = self.registry.subscribe()
+        try:
+            self.registry.delete_app(name, self.settings.result_ttl_ms)
+            self.apps.discard(name)
+            deadline = time.monotonic() + 60
+            while blocking and time.monotonic() < deadline:
+                sets = self.registry.replica_sets(name, record["deployments"])
+                if not any(sets.values()):
+                    return
+                if self.node is not None and not self.node.alive():
+                    return
+                pubsub.get_message(timeout=EVENT_WAIT_S)
+        finally:
+            pubsub.close()
+
+    def status(self) -> ServeStatus:
+        out = ServeStatus()
+        for name, record in self.registry.apps().items():
+            deps = record["deployments"]
+            configs = self.registry.deployment_configs(name, deps)
+            records = self.registry.replica_sets(name, deps)
+            load = self.registry.load(name, deps, {d: list(records[d]) for d in deps})
+            statuses = {}
+            for dep in deps:
+                if dep not in configs:
+                    continue
+                version, config = configs[dep]
+                statuses[dep] = deployment_status(version, DeploymentConfig(**config).target_replicas,
+                                                  records[dep], load[dep])
+            status, message = application_status(statuses)
+            out.applications[name] = ApplicationStatusOverview(status, message, record.get("route_prefix"),
+                                                               record.get("ingress", ""), statuses)
+        return out
+
+    def app_record(self, name: str) -> dict[str, Any]:
+        record = self.registry.app(name)
+        if record is None:
+            raise DeploymentUnavailableError(f"Application '{name}' does not exist. Deploy it with serve.run().")
+        return record
+
+    # Shutdown ---------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        try:
+            for name in list(self.apps):
+                self.delete(name, blocking=False)
+        except Exception as e:
+            logger.warning("mqserve: could not delete apps at shutdown: %s", e)
+        close_clients()
+        self._stop_local()
+
+    def _stop_local(self) -> None:
+        if getattr(self, "node", None) is not None:
+            self.node.stop()  # type: ignore[union-attr]
+            self.node = None
+        if self.local_redis is not None:
+            self.local_redis.stop()
+            self.local_redis = None
+
+
+def _registry_fields(plan: DeploymentPlan, version: str) -> dict[str, Any]:
+    _pickle_user_code_by_value(plan.func_or_class)
+    try:
+        spec = cloudpickle.dumps((plan.func_or_class, plan.init_args, plan.init_kwargs))
+    except Exception as e:
+        raise ConfigError(f"Deployment '{plan.name}' or its bound arguments cannot be pickled: {e}") from e
+    return {"spec": spec, "config": plan.config.to_json(), "version": version,
+            "max_queued": plan.config.max_queued_requests}
+
+
+_LIBRARY_DIRS = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def _pickle_user_code_by_value(obj: Any) -> None:
+    """Ship the user's own module inside the pickle, so replicas never import (and re-run) it.
+
+    Installed packages stay by reference: replicas have them.
+    """
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    if module is None or module.__name__ == "__main__" or module.__name__.split(".")[0] in ("actors", "broker"):
+        return
+    path = getattr(module, "__file__", None) or ""
+    if not path or os.path.abspath(path).startswith(_LIBRARY_DIRS):
+        return
+    try:
+        cloudpickle.register_pickle_by_value(module)
+    except ValueError:
+        pass
+
+
+_context: Optional[ServeContext] = None
+_context_lock = threading.RLock()
+
+
+def get_context(*, start: bool = True, **start_kwargs: Any) -> ServeContext:
+    global _context
+    with _context_lock:
+        if _context is None:
+            if not start:
+                raise DeploymentUnavailableError("mqserve is not running in this process; call serve.run() first.")
+            _context = ServeContext(Settings.from_env(), **start_kwargs)
+        return _context
+
+
+def current_context() -> Optional[ServeContext]:
+    return _context
+
+
+def shutdown_context() -> None:
+    global _context
+    with _context_lock:
+        ctx, _context = _context, None
+    if ctx is not None:
+        ctx.shutdown()
+
+
+atexit.register(shutdown_context)

@@ -1,0 +1,117 @@
+"""Exceptions a Ray Serve user catches, under the same names (``ray.serve.exceptions``).
+
+Every exception passes all its arguments to ``super().__init__`` so it survives
+pickling between processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+__all__ = [
+    "RayServeException",
+    "ServeException",
+    "BackPressureError",
+    "DeploymentUnavailableError",
+    "RequestCancelledError",
+    "DeployFailedError",
+]
+
+
+class ServeException(Exception):
+    """Root of mqserve's own errors."""
+
+
+#: Ray Serve's name for the root, so ported ``except`` clauses keep working.
+RayServeException = ServeException
+
+
+class BackPressureError(ServeException):
+    """The deployment already has ``max_queued_requests`` requests waiting."""
+
+
+class DeploymentUnavailableError(ServeException):
+    """The deployment is not running: deleted, never deployed, or failed to deploy."""
+
+
+class RequestCancelledError(ServeException, asyncio.CancelledError):
+    """The request was cancelled with ``DeploymentResponse.cancel()``.
+
+    It is also an ``asyncio.CancelledError``, as in Ray, so async code that handles
+    cancellation sees it as one.
+    """
+
+
+class DeployFailedError(ServeException):
+    """A deployment could not start (its constructor raised, or its replicas died)."""
+
+
+class RemoteError(ServeException):
+    """Stand-in for a remote exception whose class could not be loaded here."""
+
+
+class _RemoteTraceback:
+    """Mixin for the per-class subclasses built by :func:`rebuild_remote_error`."""
+
+    _mq_remote_traceback: str = ""
+
+    def __str__(self) -> str:
+        base = super().__str__()  # type: ignore[misc]
+        return f"{base}\n\nRemote traceback (most recent call last):\n{self._mq_remote_traceback}"
+
+    def __reduce__(self) -> Any:
+        base = type(self).__mro__[2]
+        return (_restore, (base, self.args, dict(self.__dict__), self._mq_remote_traceback))
+
+
+_subclasses: dict[type, type] = {}
+
+
+def _remote_subclass(cls: type) -> type:
+    sub = _subclasses.get(cls)
+    if sub is None:
+        sub = type(cls.__name__, (_RemoteTraceback, cls), {"__module__": cls.__module__})
+        sub.__qualname__ = cls.__qualname__
+        _subclasses[cls] = sub
+    return sub
+
+
+def _restore(cls: type, args: tuple[Any, ...], state: dict[str, Any], tb: str) -> BaseException:
+    try:
+        exc = _bare_instance(cls, _remote_subclass(cls))
+        exc._mq_remote_traceback = tb  # type: ignore[attr-defined]
+    except TypeError:
+        # Classes that refuse subclassing keep their own type; the traceback then
+        # travels as a note.
+        exc = _bare_instance(cls, cls)
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"Remote traceback (most recent call last):\n{tb}")
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+def _bare_instance(cls: type, target: type) -> BaseException:
+    """An instance of ``target`` made without running ``__init__`` (its signature is the user's)."""
+    try:
+        return cls.__new__(target)  # type: ignore[no-any-return]
+    except TypeError:
+        return BaseException.__new__(target)
+
+
+def rebuild_remote_error(
+    exception: BaseException | None, exc_type: type | None, type_name: str, message: str, tb: str
+) -> BaseException:
+    """An exception that ``isinstance`` the remote one and carries its traceback text.
+
+    Prefer the original object (custom attributes kept); else its class with the
+    message; else :class:`RemoteError` naming the class.
+    """
+    if isinstance(exception, _RemoteTraceback):
+        return exception
+    if exception is not None:
+        return _restore(type(exception), exception.args, dict(getattr(exception, "__dict__", {})), tb)
+    if isinstance(exc_type, type) and issubclass(exc_type, BaseException):
+        return _restore(exc_type, (message,), {}, tb)
+    return _restore(RemoteError, (f"{type_name}: {message}",), {}, tb)

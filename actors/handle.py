@@ -1,0 +1,260 @@
+"""Handles and responses (``ray.serve.handle``): how code calls a deployment.
+
+``handle.remote()`` encodes the call, hands it to the process's
+:class:`broker.calls.CallClient` (which pipelines it to the deployment's Redis queue)
+and returns a :class:`DeploymentResponse` at once. A response passed as an argument to
+another ``.remote()`` call travels as its request id: the downstream replica reads the
+value from the result key itself, so the value never passes through the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+from typing import Any, Optional
+
+from broker import codec
+from broker.calls import CallClient, get_client
+from broker.keys import Keys
+
+from .exceptions import RequestCancelledError, ServeException, rebuild_remote_error
+
+__all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]
+
+# Request ids of responses met while pickling a call's arguments (None outside .remote()).
+_collecting: contextvars.ContextVar[Optional[list[str]]] = contextvars.ContextVar("_collecting", default=None)
+# Values of those responses, while a replica unpickles the arguments.
+_resolved: contextvars.ContextVar[Optional[dict[str, Any]]] = contextvars.ContextVar("_resolved", default=None)
+
+
+class DeploymentHandle:
+    """A picklable reference to a deployment, usable from any process that reaches its Redis.
+
+    Example::
+
+        handle = serve.run(app)
+        assert handle.remote(5).result() == 12
+        handle.say_hello.remote("Dora")            # calls method say_hello
+        handle.options(method_name="say_hello")    # the same, configured
+    """
+
+    def __init__(self, deployment_name: str, app_name: str = "default", *, _redis_url: str,
+                 _namespace: str, _result_ttl_ms: int, _method_name: str = "__call__",
+                 _stream: bool = False) -> None:
+        self._deployment_name = deployment_name
+        self._app_name = app_name
+        self._redis_url = _redis_url
+        self._namespace = _namespace
+        self._result_ttl_ms = _result_ttl_ms
+        self._method_name = _method_name
+        self._stream = _stream
+
+    @property
+    def deployment_name(self) -> str:
+        return self._deployment_name
+
+    @property
+    def app_name(self) -> str:
+        return self._app_name
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"deployment_name": self._deployment_name, "app_name": self._app_name,
+                "_redis_url": self._redis_url, "_namespace": self._namespace,
+                "_result_ttl_ms": self._result_ttl_ms, "_method_name": self._method_name,
+                "_stream": self._stream}
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_handle, (self._kwargs(),))
+
+    def __repr__(self) -> str:
+        return (f"DeploymentHandle(deployment='{self._deployment_name}', app='{self._app_name}', "
+                f"method='{self._method_name}')")
+
+    def options(self, *, method_name: Optional[str] = None, stream: Optional[bool] = None,
+                multiplexed_model_id: Optional[str] = None, use_new_handle_api: Optional[bool] = None,
+                **_ignored: Any) -> "DeploymentHandle":
+        """A copy of this handle with another method or streaming mode."""
+        kwargs = self._kwargs()
+        if method_name is not None:
+            kwargs["_method_name"] = method_name
+        if stream is not None:
+            kwargs["_stream"] = bool(stream)
+        return _rebuild_handle(kwargs)
+
+    def __getattr__(self, name: str) -> "DeploymentHandle":
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.options(method_name=name)
+
+    def remote(self, *args: Any, **kwargs: Any) -> "DeploymentResponse":
+        """Call the deployment; returns at once with a response to await or ``.result()``."""
+        if self._stream:
+            raise NotImplementedError(
+                "Streaming handle calls (options(stream=True)) are not available yet in mqserve; "
+                "call the method without stream=True.")
+        client = get_client(self._redis_url, Keys(self._namespace), result_ttl_ms=self._result_ttl_ms)
+        req_id = codec.new_request_id()
+        refs: list[str] = []
+        token = _collecting.set(refs)
+        try:
+            payload = codec.encode_args(args, kwargs)
+        finally:
+            _collecting.reset(token)
+        message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
+                                       refs=tuple(refs), reply_to=client.inbox)
+        future = client.submit(self._app_name, self._deployment_name, req_id, message)
+        return DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future)
+
+
+def _rebuild_handle(kwargs: dict[str, Any]) -> DeploymentHandle:
+    kwargs = dict(kwargs)
+    return DeploymentHandle(kwargs.pop("deployment_name"), kwargs.pop("app_name"), **kwargs)
+
+
+_PENDING = object()
+
+
+class DeploymentResponse:
+    """The future result of one ``handle.remote()`` call.
+
+    ``await response`` in async code, ``response.result(timeout_s=)`` in sync code; pass
+    it to another ``.remote()`` call to chain without waiting.
+    """
+
+    def __init__(self, client: CallClient, app: str, dep: str, req_id: str, message: bytes,
+                 future: concurrent.futures.Future[bytes]) -> None:
+        self._client = client
+        self._app = app
+        self._dep = dep
+        self._req_id = req_id
+        self._message = message
+        self._future = future
+        self._value: Any = _PENDING
+        self._error: Optional[BaseException] = None
+        future.add_done_callback(self._on_done)
+
+    @property
+    def request_id(self) -> str:
+        return self._req_id
+
+    def _on_done(self, future: concurrent.futures.Future[bytes]) -> None:
+        if future.cancelled():
+            self._client.forget(self._req_id)
+            self._client.cancel(self._app, self._dep, self._req_id, self._message)
+
+    def _outcome(self, outcome: bytes) -> Any:
+        if self._value is _PENDING and self._error is None:
+            ok, value = codec.decode_outcome(outcome)
+            if ok:
+                self._value = value
+            else:
+                self._error = rebuild_remote_error(value.exception, value.exc_type, value.type_name,
+                                                   value.message, value.traceback)
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def result(self, *, timeout_s: Optional[float] = None, _skip_asyncio_check: bool = False) -> Any:
+        """Block until the result is ready and return it (or raise the remote exception).
+
+        Raises ``TimeoutError`` after ``timeout_s`` seconds (the request keeps running),
+        ``RequestCancelledError`` if the call was cancelled. Inside an event loop use
+        ``await response`` instead: blocking there stalls every other request.
+        """
+        if not _skip_asyncio_check and _in_event_loop():
+            raise RuntimeError(
+                "Sync methods should not be called from within an asyncio event loop. "
+                "Use `await response` instead of `response.result()`.")
+        try:
+            outcome = self._future.result(timeout=timeout_s)
+        except concurrent.futures.CancelledError:
+            raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(
+                f"Request {self._req_id} to deployment '{self._dep}' did not finish within "
+                f"{timeout_s} s.") from None
+        return self._outcome(outcome)
+
+    def __await__(self) -> Any:
+        return self._await().__await__()
+
+    async def _await(self) -> Any:
+        try:
+            outcome = await asyncio.wrap_future(self._future)
+        except concurrent.futures.CancelledError:
+            if self._future.cancelled():
+                raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
+            raise
+        return self._outcome(outcome)
+
+    def cancel(self) -> None:
+        """Cancel the call: a request no replica has taken yet is withdrawn and never runs."""
+        self._future.cancel()
+
+    def __reduce__(self) -> Any:
+        refs = _collecting.get()
+        if refs is None:
+            raise ServeException(
+                "A DeploymentResponse can only be passed as an argument to another handle "
+                ".remote() call; to store or send the value, await it first.")
+        self._client.share(self._req_id)
+        if self._future.done() and not self._future.cancelled() and self._future.exception() is None:
+            return (_embedded_outcome, (self._future.result(),))
+        refs.append(self._req_id)
+        return (_chained_value, (self._req_id,))
+
+    def __repr__(self) -> str:
+        return f"DeploymentResponse(deployment='{self._dep}', request_id='{self._req_id}')"
+
+
+class DeploymentResponseGenerator:
+    """The streamed result of a ``handle.options(stream=True).remote()`` call.
+
+    Streaming is not available in this version of mqserve; the class exists so that
+    ported imports keep working.
+    """
+
+    def __init__(self, *_: Any, **__: Any) -> None:
+        raise NotImplementedError("Streaming handle calls are not available yet in mqserve.")
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _embedded_outcome(outcome: bytes) -> Any:
+    ok, value = codec.decode_outcome(outcome)
+    if ok:
+        return value
+    raise rebuild_remote_error(value.exception, value.exc_type, value.type_name, value.message, value.traceback)
+
+
+def _chained_value(req_id: str) -> Any:
+    values = _resolved.get()
+    if values is None or req_id not in values:
+        raise ServeException(f"the result of request {req_id} was not resolved before use")
+    return values[req_id]
+
+
+def load_call_args(client: CallClient, payload: bytes, refs: tuple[str, ...],
+                   timeout_s: Optional[float] = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Unpickle a call's arguments on a replica, waiting for the chained results first.
+
+    An upstream call that failed makes this raise its exception, so the downstream
+    call fails with it, as in Ray.
+    """
+    values: dict[str, Any] = {}
+    futures = {req_id: client.watch(req_id) for req_id in dict.fromkeys(refs)}
+    for req_id, fut in futures.items():
+        values[req_id] = _embedded_outcome(fut.result(timeout=timeout_s))
+    token = _resolved.set(values)
+    try:
+        args, kwargs = codec.pickle.loads(payload)
+    finally:
+        _resolved.reset(token)
+    return args, kwargs

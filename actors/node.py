@@ -1,0 +1,171 @@
+"""The node process: starts and stops the replica processes assigned to it.
+
+``mqserve worker`` runs one per machine in cluster mode; in local mode ``serve.run``
+starts one for the driver. A node also competes for the controller lease, so the
+controller runs wherever a node runs. It blocks on its wake-up list in Redis and
+reconciles whenever an assignment changes or a child process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Optional
+
+from broker.connection import connect
+from broker.keys import Keys
+from broker.registry import Registry
+
+from ._procs import child_preexec
+from .config import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, Settings
+from .controller import Controller
+
+logger = logging.getLogger("mqserve.node")
+
+#: Seconds a node blocks on its wake-up list before a heartbeat pass.
+HEARTBEAT_S = 1.0
+#: Lease of the controller role in ms; renewed every pass.
+CONTROLLER_LEASE_MS = 5000
+#: Seconds added to a replica's graceful shutdown timeout before it is killed.
+KILL_GRACE_S = 5.0
+
+
+class Node:
+    """Owns replica processes; one per ``mqserve worker`` (or local ``serve.run``)."""
+
+    def __init__(self, *, url: str, namespace: str, node_id: str, result_ttl_ms: int) -> None:
+        self.url, self.keys, self.node_id = url, Keys(namespace), node_id
+        self.result_ttl_ms = result_ttl_ms
+        self.registry = Registry(connect(url), self.keys)
+        self.controller = Controller(self.registry)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.meta: dict[str, dict[str, str]] = {}
+        self.stopping: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def request_stop(self) -> None:
+        """Safe from signal handlers and other threads: wakes the main loop."""
+        self.stop.set()
+        threading.Thread(target=self._wake, daemon=True).start()
+
+    def _wake(self) -> None:
+        try:
+            Registry(connect(self.url), self.keys).wake_node(self.node_id)
+        except Exception:
+            pass
+
+    def run(self) -> None:
+        reg = self.registry
+        logger.info("node %s serving namespace %s on %s", self.node_id, self.keys.ns, self.url)
+        while not self.stop.is_set():
+            reg.register_node(self.node_id, {"host": socket.gethostname(), "pid": os.getpid()})
+            leader = reg.lead(self.node_id, CONTROLLER_LEASE_MS)
+            if leader:
+                self.controller.reconcile()
+            self.reconcile()
+            wake = [self.keys.node_wake(self.node_id)] + ([self.keys.controller_wake] if leader else [])
+            reg.wait_wake(wake, HEARTBEAT_S)
+        self.shutdown()
+
+    def reconcile(self) -> None:
+        for rid in [r for r, p in self.procs.items() if p.poll() is not None]:
+            self._reap(rid)
+        assigned = self.registry.assignments(self.node_id)
+        for rid, rec in assigned.items():
+            if rid not in self.procs:
+                self._spawn(rid, rec)
+        now = time.time()
+        for rid, proc in self.procs.items():
+            if rid not in assigned and rid not in self.stopping:
+                proc.terminate()
+                self.stopping[rid] = now
+            elif rid in self.stopping and now - self.stopping[rid] > DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S + KILL_GRACE_S:
+                proc.kill()
+
+    def _spawn(self, rid: str, rec: dict[str, str]) -> None:
+        cmd = [sys.executable, "-m", "actors.replica", "--redis-url", self.url, "--namespace", self.keys.ns,
+               "--app", rec["app"], "--deployment", rec["deployment"], "--replica-id", rid,
+               "--version", rec["version"], "--node-id", self.node_id,
+               "--result-ttl-ms", str(self.result_ttl_ms)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, preexec_fn=child_preexec)
+        self.procs[rid], self.meta[rid] = proc, rec
+        threading.Thread(target=self._await_exit, args=(proc,), daemon=True).start()
+
+    def _await_exit(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        if not self.stop.is_set():
+            self._wake()
+
+    def _reap(self, rid: str) -> None:
+        proc, rec = self.procs.pop(rid), self.meta.pop(rid)
+        self.stopping.pop(rid, None)
+        app, dep = rec["app"], rec["deployment"]
+        record = self.registry.replicas(app, dep).get(rid, {})
+        if record.get("state") == "DEPLOY_FAILED":
+            self.registry.unassign(self.node_id, rid)  # keep the record: it says why
+            return
+        if proc.returncode not in (0, -signal.SIGTERM):
+            logger.warning("replica %s exited with status %s", rid, proc.returncode)
+        self.registry.unassign(self.node_id, rid)
+        self.registry.remove_replica(app, dep, rid)
+
+    def shutdown(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.time() + DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        try:
+            for rid in list(self.procs):
+                self._reap(rid)
+            self.registry.resign(self.node_id)
+            self.registry.remove_node(self.node_id)
+        except Exception as e:  # Redis may already be gone in local mode
+            logger.info("node %s could not clean its records: %s", self.node_id, e)
+
+
+def _watch_stdin(node: Node) -> None:
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    node.request_stop()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    settings = Settings.from_env()
+    parser = argparse.ArgumentParser(prog="python -m actors.node")
+    parser.add_argument("--redis-url", default=settings.redis_url, required=settings.redis_url is None)
+    parser.add_argument("--namespace", default=settings.namespace)
+    parser.add_argument("--name", default=None, help="node id (default: host name and a random suffix)")
+    parser.add_argument("--watch-stdin", action="store_true", help="stop when stdin closes (local mode)")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("MQSERVE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s node %(levelname)s %(name)s: %(message)s")
+    node_id = opts.name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    node = Node(url=opts.redis_url, namespace=opts.namespace, node_id=node_id,
+                result_ttl_ms=settings.result_ttl_ms)
+    signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: node.request_stop())
+    if opts.watch_stdin:
+        threading.Thread(target=_watch_stdin, args=(node,), daemon=True).start()
+    node.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The replica process: one copy of a deployment, run as a Dramatiq worker.
+
+Started by a node (``python -m actors.replica ...``). It loads the deployment's code
+from the registry (cloudpickle), constructs it, and consumes the deployment's queue
+with a Dramatiq ``Worker`` whose threads are the replica's thread pool: sync methods
+run on them, async methods run on the replica's one event loop. Concurrency is
+``max_ongoing_requests``: that many worker threads, and the consumer never holds more
+unfinished messages than that, so queued requests stay in Redis for any idle replica.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from typing import Any, Callable, Optional
+
+import cloudpickle
+import dramatiq
+from dramatiq.asyncio import EventLoopThread
+from dramatiq.middleware import CurrentMessage
+
+from broker import codec
+from broker.calls import close_clients, get_client
+from broker.connection import connect
+from broker.keys import Keys
+from broker.queue import ServeBroker
+from broker.registry import Registry
+
+from .config import DeploymentConfig
+from .handle import load_call_args
+
+logger = logging.getLogger("mqserve.replica")
+
+#: Milliseconds a Dramatiq consumer or worker thread blocks before checking for shutdown.
+WORKER_TIMEOUT_MS = 1000
+
+
+class _Outcomes(dramatiq.Middleware):
+    """Turns what the user code returned or raised into the outcome bytes the ack writes.
+
+    The outcome is written by the consumer's ack, in the same Redis round trip that
+    removes the message from the processing list. The actor leaves the user's return
+    value on the message and returns None, because Dramatiq discards (with a warning
+    per call) return values unless its own Results backend is installed.
+    """
+
+    def __init__(self, deployment: str) -> None:
+        self.deployment = deployment
+
+    def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
+                              exception: Optional[BaseException] = None) -> None:
+        if exception is not None:
+            message.outcome = codec.encode_error(exception)
+            return
+        result = getattr(message, "return_value", None)
+        try:
+            message.outcome = codec.encode_value(result)
+        except Exception as e:
+            message.outcome = codec.encode_error(TypeError(
+                f"Deployment '{self.deployment}' returned a value that cannot be pickled "
+                f"({type(result).__name__}): {e}"))
+
+    def after_skip_message(self, broker: Any, message: Any) -> None:
+        from .exceptions import RequestCancelledError
+
+        message.outcome = codec.encode_error(RequestCancelledError("the request was skipped"))
+
+
+class Replica:
+    """Builds the user's object and serves its deployment's queue until told to stop."""
+
+    def __init__(self, *, url: str, namespace: str, app: str, deployment: str, replica_id: str,
+                 version: str, node_id: str, result_ttl_ms: int) -> None:
+        self.url, self.keys = url, Keys(namespace)
+        self.app, self.deployment, self.replica_id = app, deployment, replica_id
+        self.version, self.node_id, self.result_ttl_ms = version, node_id, result_ttl_ms
+        self.registry = Registry(connect(url), self.keys)
+        self.stop_requested = threading.Event()
+        self.loop_thread: Optional[EventLoopThread] = None
+        self.target: Any = None
+        self.is_function = False
+
+    def _record(self, state: str, **extra: Any) -> None:
+        self.registry.set_replica(self.app, self.deployment, self.replica_id, {
+            "state": state, "node": self.node_id, "pid": os.getpid(), "version": self.version, **extra})
+
+    def run(self) -> int:
+        spec = self.registry.deployment(self.app, self.deployment)
+        if spec is None or spec["version"] != self.version:
+            logger.info("deployment %s/%s is gone or was upgraded; not starting", self.app, self.deployment)
+            return 0
+        self._record("STARTING")
+        config = DeploymentConfig(**spec["config"])
+        try:
+            self._construct(spec["spec"], config)
+        except BaseException as e:
+            logger.error("constructor of deployment '%s' raised", self.deployment, exc_info=True)
+            self.registry.set_replica_error(self.replica_id, codec.encode_error(e), self.result_ttl_ms)
+            self._record("DEPLOY_FAILED", message="".join(traceback.format_exception(e)))
+            return 1
+        worker, broker = self._start_worker(config)
+        self._record("RUNNING")
+        logger.info("replica %s of %s/%s is serving", self.replica_id, self.app, self.deployment)
+        self.stop_requested.wait()
+        self._record("STOPPING")
+        broker.draining.set()
+        worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
+        broker.close()
+        if self.loop_thread is not None:
+            self.loop_thread.stop()
+        close_clients()
+        return 0
+
+    def _construct(self, blob: bytes, config: DeploymentConfig) -> None:
+        func_or_class, args, kwargs = cloudpickle.loads(blob)
+        self.loop_thread = EventLoopThread(logger)
+        self.loop_thread.start(timeout=10)
+        if inspect.isclass(func_or_class):
+            self.target = func_or_class(*args, **kwargs)
+            reconfigure = getattr(self.target, "reconfigure", None)
+            if config.user_config is not None and callable(reconfigure):
+                self._call(reconfigure, (config.user_config,), {})
+        else:
+            self.target, self.is_function = func_or_class, True
+
+    def _method(self, name: str) -> Callable[..., Any]:
+        if self.is_function:
+            if name != "__call__":
+                raise AttributeError(f"Function deployment '{self.deployment}' has no method '{name}'; "
+                                     "call the handle itself.")
+            return self.target  # type: ignore[no-any-return]
+        method = getattr(self.target, name, None)
+        if method is None or not callable(method):
+            raise AttributeError(f"Deployment '{self.deployment}' has no method '{name}'.")
+        return method  # type: ignore[no-any-return]
+
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        assert self.loop_thread is not None
+        if inspect.iscoroutinefunction(fn):
+            return self.loop_thread.run_coroutine(fn(*args, **kwargs))
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            return self.loop_thread.run_coroutine(result)
+        return result
+
+    def _handle_request(self, method: str, payload: bytes, refs: tuple[str, ...]) -> Any:
+        client = get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
+        args, kwargs = load_call_args(client, payload, refs)
+        message = CurrentMessage.get_current_message()
+        message.return_value = self._call(self._method(method), args, kwargs)  # type: ignore[union-attr]
+
+    def _start_worker(self, config: DeploymentConfig) -> tuple[dramatiq.Worker, ServeBroker]:
+        broker = ServeBroker(self.url, self.keys, queue_key=self.keys.queue(self.app, self.deployment),
+                             processing_key=self.keys.processing(self.replica_id),
+                             result_ttl_ms=self.result_ttl_ms,
+                             middleware=[CurrentMessage(), _Outcomes(self.deployment)])
+        dramatiq.Actor(self._handle_request, broker=broker, actor_name=codec.REQUEST_ACTOR,
+                       queue_name=codec.REQUEST_QUEUE, priority=0, options={})
+        concurrency = config.max_ongoing_requests
+        worker = dramatiq.Worker(broker, worker_threads=concurrency, worker_timeout=WORKER_TIMEOUT_MS)
+        worker.queue_prefetch = concurrency  # never hold work an idle replica could take
+        worker.start()
+        return worker, broker
+
+
+def _watch_parent(stop: threading.Event) -> None:
+    """The node keeps our stdin open; EOF means it is gone, so stop."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    stop.set()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m actors.replica")
+    for name in ("redis-url", "namespace", "app", "deployment", "replica-id", "version", "node-id"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--result-ttl-ms", type=int, required=True)
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("MQSERVE_LOG_LEVEL", "INFO"),
+                        format=f"%(asctime)s {opts.replica_id} %(levelname)s %(name)s: %(message)s")
+    replica = Replica(url=opts.redis_url, namespace=opts.namespace, app=opts.app, deployment=opts.deployment,
+                      replica_id=opts.replica_id, version=opts.version, node_id=opts.node_id,
+                      result_ttl_ms=opts.result_ttl_ms)
+    signal.signal(signal.SIGTERM, lambda *_: replica.stop_requested.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(replica.stop_requested,), daemon=True).start()
+    return replica.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

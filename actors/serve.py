@@ -1,0 +1,151 @@
+"""The ``serve`` API: ``from actors import serve`` in place of ``from ray import serve``.
+
+Example::
+
+    from actors import serve
+
+    @serve.deployment
+    class Hello:
+        def __call__(self, name: str) -> str:
+            return f"Hello {name}!"
+
+    handle = serve.run(Hello.bind())
+    assert handle.remote("Dora").result() == "Hello Dora!"
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Optional, Union
+
+from . import context as _ctx
+from .config import ConfigError, DeploymentConfig
+from .deployment import Application, Deployment
+from .exceptions import DeploymentUnavailableError
+from .handle import DeploymentHandle
+from .status import ServeStatus
+
+__all__ = [
+    "deployment", "run", "start", "status", "delete", "shutdown",
+    "get_app_handle", "get_deployment_handle", "Application", "Deployment",
+]
+
+_UNSET: Any = object()
+
+
+def deployment(
+    _func_or_class: Optional[Callable[..., Any]] = None,
+    *,
+    name: Optional[str] = None,
+    num_replicas: Union[int, str, None] = _UNSET,
+    max_ongoing_requests: int = _UNSET,
+    max_queued_requests: int = _UNSET,
+    autoscaling_config: Optional[dict[str, Any]] = _UNSET,
+    user_config: Any = _UNSET,
+    health_check_period_s: float = _UNSET,
+    health_check_timeout_s: float = _UNSET,
+    graceful_shutdown_timeout_s: float = _UNSET,
+    graceful_shutdown_wait_loop_s: float = _UNSET,
+    ray_actor_options: Optional[dict[str, Any]] = _UNSET,
+    **unsupported: Any,
+) -> Any:
+    """Make a class or function a deployment; works bare (``@serve.deployment``) or with options.
+
+    Options and defaults are Ray Serve's: ``num_replicas=1``, ``max_ongoing_requests=5``,
+    ``max_queued_requests=-1`` (unlimited). ``ray_actor_options`` is accepted and advisory.
+    """
+    given = {k: v for k, v in {
+        "num_replicas": num_replicas, "max_ongoing_requests": max_ongoing_requests,
+        "max_queued_requests": max_queued_requests, "autoscaling_config": autoscaling_config,
+        "user_config": user_config, "health_check_period_s": health_check_period_s,
+        "health_check_timeout_s": health_check_timeout_s,
+        "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s,
+        "graceful_shutdown_wait_loop_s": graceful_shutdown_wait_loop_s,
+        "ray_actor_options": ray_actor_options,
+    }.items() if v is not _UNSET}
+    unsupported.pop("version", None)
+    unsupported.pop("route_prefix", None)
+    if unsupported:
+        raise ConfigError(f"@serve.deployment got unknown option(s): {', '.join(sorted(unsupported))}")
+    if given.get("ray_actor_options") is None:
+        given.pop("ray_actor_options", None)
+    config = DeploymentConfig(**given)
+
+    def decorate(func_or_class: Callable[..., Any]) -> Deployment:
+        return Deployment(func_or_class, name or func_or_class.__name__, config)
+
+    return decorate(_func_or_class) if _func_or_class is not None else decorate
+
+
+def start(redis_url: Optional[str] = None, http_options: Optional[dict[str, Any]] = None,
+          **_ignored: Any) -> None:
+    """Connect this process to mqserve; with no Redis configured, start a private one.
+
+    ``redis_url`` (or ``MQSERVE_REDIS_URL``) points at an existing Redis; otherwise a
+    private ``redis-server`` and a node process start here and stop at ``shutdown()``
+    or exit. Called implicitly by ``run()``.
+    """
+    ctx = _ctx.current_context()
+    if ctx is not None:
+        if redis_url is not None and redis_url != ctx.url:
+            raise ConfigError(f"mqserve is already connected to {ctx.url}; call serve.shutdown() first.")
+        return
+    _ctx.get_context(redis_url=redis_url, http_options=http_options)
+
+
+def run(target: Application, *, name: str = "default", route_prefix: Optional[str] = "/",
+        blocking: bool = False, _local_testing_mode: bool = False, **_ignored: Any) -> DeploymentHandle:
+    """Deploy (or upgrade, if ``name`` exists) an application; returns a handle to its ingress.
+
+    Returns once every deployment has its replicas running. Raises the constructor's own
+    exception if a deployment fails to start.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError("the application name must be a non-empty string")
+    if route_prefix is not None and (not isinstance(route_prefix, str) or not route_prefix.startswith("/")):
+        raise ConfigError(f"route_prefix must start with '/', got {route_prefix!r}")
+    if route_prefix is not None and len(route_prefix) > 1:
+        route_prefix = route_prefix.rstrip("/")
+    handle = _ctx.get_context().deploy(target, name, route_prefix)
+    if blocking:
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            shutdown()
+    return handle
+
+
+def status() -> ServeStatus:
+    """Applications, deployments and replica states, in Ray Serve's shape."""
+    ctx = _ctx.current_context()
+    return ctx.status() if ctx is not None else ServeStatus()
+
+
+def delete(name: str, _blocking: bool = True) -> None:
+    """Delete an application; its queued requests fail with ``DeploymentUnavailableError``."""
+    ctx = _ctx.current_context()
+    if ctx is not None:
+        ctx.delete(name, blocking=_blocking)
+
+
+def shutdown() -> None:
+    """Delete this driver's applications and stop the local processes it started."""
+    _ctx.shutdown_context()
+
+
+def get_app_handle(name: str) -> DeploymentHandle:
+    """A handle to the ingress of a running application."""
+    ctx = _ctx.get_context(start=False)
+    record = ctx.app_record(name)
+    return ctx.handle(record["ingress"], name)
+
+
+def get_deployment_handle(deployment_name: str, app_name: str = "default") -> DeploymentHandle:
+    """A handle to any deployment of a running application."""
+    ctx = _ctx.get_context(start=False)
+    record = ctx.app_record(app_name)
+    if deployment_name not in record["deployments"]:
+        raise DeploymentUnavailableError(
+            f"Application '{app_name}' has no deployment '{deployment_name}'; "
+            f"it has: {', '.join(record['deployments'])}.")
+    return ctx.handle(deployment_name, app_name)

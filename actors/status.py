@@ -1,0 +1,63 @@
+"""``serve.status()`` in Ray Serve's shape, plus queue depth and in-flight counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class DeploymentStatusOverview:
+    """One deployment: ``status`` is HEALTHY, UPDATING, UNHEALTHY or DEPLOY_FAILED."""
+
+    status: str
+    message: str = ""
+    replica_states: dict[str, int] = field(default_factory=dict)
+    target_replicas: int = 0
+    #: Requests waiting in the deployment's queue.
+    queued_requests: int = 0
+    #: Requests replicas have taken and not yet answered.
+    ongoing_requests: int = 0
+
+
+@dataclass
+class ApplicationStatusOverview:
+    """One application: ``status`` is RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY or DELETING."""
+
+    status: str
+    message: str = ""
+    route_prefix: Optional[str] = None
+    ingress: str = ""
+    deployments: dict[str, DeploymentStatusOverview] = field(default_factory=dict)
+
+
+@dataclass
+class ServeStatus:
+    applications: dict[str, ApplicationStatusOverview] = field(default_factory=dict)
+
+
+def deployment_status(version: str, target: int, records: dict[str, dict[str, Any]],
+                      load: dict[str, int]) -> DeploymentStatusOverview:
+    states: dict[str, int] = {}
+    for rec in records.values():
+        states[rec.get("state", "UNKNOWN")] = states.get(rec.get("state", "UNKNOWN"), 0) + 1
+    current = [r for r in records.values() if r.get("version") == version]
+    failed = [r for r in current if r.get("state") == "DEPLOY_FAILED"]
+    running = sum(1 for r in current if r.get("state") == "RUNNING")
+    if failed:
+        status, message = "DEPLOY_FAILED", failed[0].get("message", "")
+    elif running >= target and len(records) == running:
+        status, message = "HEALTHY", ""
+    else:
+        status, message = "UPDATING", f"{running} of {target} replicas running"
+    return DeploymentStatusOverview(status, message, states, target, load.get("queued", 0), load.get("ongoing", 0))
+
+
+def application_status(deployments: dict[str, DeploymentStatusOverview]) -> tuple[str, str]:
+    failed = {n: d for n, d in deployments.items() if d.status == "DEPLOY_FAILED"}
+    if failed:
+        name, dep = next(iter(failed.items()))
+        return "DEPLOY_FAILED", f"Deployment '{name}' failed to start:\n{dep.message}"
+    if all(d.status == "HEALTHY" for d in deployments.values()):
+        return "RUNNING", ""
+    return "DEPLOYING", ""

@@ -1,0 +1,124 @@
+"""What travels through Redis: request messages and outcomes, as bytes.
+
+A request message is a Dramatiq message (the fields of ``dramatiq.Message``) pickled
+with plain pickle: it holds only strings, numbers and one opaque ``payload`` blob,
+the cloudpickled call arguments, which the replica unpickles after resolving any
+chained results. An outcome is one tag byte and a cloudpickle blob.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import cloudpickle
+
+#: Name of the Dramatiq actor every replica declares; all requests go to it.
+REQUEST_ACTOR = "mqserve_request"
+#: Dramatiq queue name of requests (each replica consumes one deployment's queue).
+REQUEST_QUEUE = "serve"
+#: Length of a request id: a UUID4 in hex.
+REQUEST_ID_LEN = 32
+
+_OK = b"o"
+_ERR = b"e"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode_request(
+    *,
+    req_id: str,
+    method: str,
+    payload: bytes,
+    refs: tuple[str, ...] = (),
+    reply_to: str = "",
+) -> bytes:
+    """The queued form of one call; ``reply_to`` is the caller's inbox key."""
+    return pickle.dumps(
+        {
+            "queue_name": REQUEST_QUEUE,
+            "actor_name": REQUEST_ACTOR,
+            "args": (method, payload, refs),
+            "kwargs": {},
+            "options": {"reply_to": reply_to},
+            "message_id": req_id,
+            "message_timestamp": int(time.time() * 1000),
+        },
+        protocol=pickle.HIGHEST_PROTOCOL,
+    )
+
+
+def decode_request(data: bytes) -> dict[str, Any]:
+    """The fields of a queued message, ready for ``dramatiq.Message(**fields)``."""
+    fields = pickle.loads(data)
+    if not isinstance(fields, dict) or fields.get("actor_name") != REQUEST_ACTOR:
+        raise ValueError("not an mqserve request message")
+    return fields
+
+
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def encode_value(value: Any) -> bytes:
+    """An outcome holding a return value; raises if the value cannot be pickled."""
+    return _OK + cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@dataclass(frozen=True)
+class RemoteFailure:
+    """An exception raised on a replica, with what is needed to raise it again here.
+
+    ``exception`` is the original object when it survived pickling both ways;
+    otherwise ``exc_type`` (the class, if it could be pickled) and ``type_name`` and
+    ``message`` let the caller build a stand-in.
+    """
+
+    exception: Optional[BaseException]
+    exc_type: Optional[type]
+    type_name: str
+    message: str
+    traceback: str
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """An outcome holding an exception; never fails, whatever the exception holds."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc_blob = _try_dumps(exc)
+    type_blob = _try_dumps(type(exc))
+    parts = (exc_blob, type_blob, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
+    return _ERR + pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_outcome(data: bytes) -> tuple[bool, Any]:
+    """``(True, value)`` or ``(False, RemoteFailure)``."""
+    tag, body = data[:1], data[1:]
+    if tag == _OK:
+        return True, pickle.loads(body)
+    if tag == _ERR:
+        exc_blob, type_blob, type_name, message, tb = pickle.loads(body)
+        return False, RemoteFailure(_try_loads(exc_blob), _try_loads(type_blob), type_name, message, tb)
+    raise ValueError(f"unknown outcome tag {tag!r}")
+
+
+def _try_dumps(obj: Any) -> Optional[bytes]:
+    try:
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+
+
+def _try_loads(blob: Optional[bytes]) -> Any:
+    if blob is None:
+        return None
+    try:
+        return pickle.loads(blob)
+    except Exception:
+        return None

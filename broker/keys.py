@@ -1,0 +1,92 @@
+"""Every Redis key mqserve uses, in one place.
+
+The layout (``{ns}`` is the namespace, ``mqserve`` unless ``MQSERVE_NAMESPACE`` says
+otherwise) is documented in ``docs/ARCHITECTURE.md``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one namespace, so that several mqserve instances can share a Redis."""
+
+    ns: str = "mqserve"
+
+    # Registry ------------------------------------------------------------------------
+    @property
+    def apps(self) -> str:
+        """HASH app name -> JSON app record (route prefix, ingress, deployments)."""
+        return f"{self.ns}:apps"
+
+    def deployment(self, app: str, dep: str) -> str:
+        """HASH of one deployment: ``spec`` (cloudpickle), ``config`` (JSON), ``version``."""
+        return f"{self.ns}:dep:{app}:{dep}"
+
+    def replicas(self, app: str, dep: str) -> str:
+        """HASH replica id -> JSON replica record (state, node, pid, message)."""
+        return f"{self.ns}:replicas:{app}:{dep}"
+
+    def replica_error(self, replica_id: str) -> str:
+        """STRING: the pickled exception a replica's constructor raised (expires)."""
+        return f"{self.ns}:replica-error:{replica_id}"
+
+    # Request path -----------------------------------------------------------------------
+    def queue(self, app: str, dep: str) -> str:
+        """LIST of encoded request messages; callers LPUSH, replicas BLMOVE from the right."""
+        return f"{self.ns}:q:{app}:{dep}"
+
+    def processing(self, replica_id: str) -> str:
+        """LIST of the messages a replica has taken and not yet answered."""
+        return f"{self.ns}:proc:{replica_id}"
+
+    def result(self, req_id: str) -> str:
+        """STRING: a request's encoded outcome, the future's value (expires)."""
+        return f"{self.ns}:res:{req_id}"
+
+    def watchers(self, req_id: str) -> str:
+        """SET of inboxes to notify when ``result(req_id)`` is written (chained calls)."""
+        return f"{self.ns}:watch:{req_id}"
+
+    def inbox(self, client_id: str) -> str:
+        """LIST where replicas push replies for one caller process (expires when idle)."""
+        return f"{self.ns}:inbox:{client_id}"
+
+    def cancelled(self, req_id: str) -> str:
+        """STRING set when a caller cancels a request that a replica already took."""
+        return f"{self.ns}:cancel:{req_id}"
+
+    # Control plane ----------------------------------------------------------------------
+    @property
+    def nodes(self) -> str:
+        """HASH node id -> JSON node record (host, pid, heartbeat time)."""
+        return f"{self.ns}:nodes"
+
+    def node_assignments(self, node_id: str) -> str:
+        """HASH replica id -> JSON assignment (app, deployment, version) for one node."""
+        return f"{self.ns}:node:{node_id}:assign"
+
+    def node_wake(self, node_id: str) -> str:
+        """LIST a node blocks on; any push makes it reconcile at once."""
+        return f"{self.ns}:node:{node_id}:wake"
+
+    @property
+    def controller_lock(self) -> str:
+        """STRING holding the id of the node that runs the controller (expires)."""
+        return f"{self.ns}:controller:leader"
+
+    @property
+    def controller_wake(self) -> str:
+        """LIST the controller blocks on; pushed when apps or replicas change."""
+        return f"{self.ns}:controller:wake"
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel announcing replica and app state changes."""
+        return f"{self.ns}:events"
+
+    def pattern(self, suffix: str = "*") -> str:
+        """Glob over this namespace, for cleanup and diagnostics."""
+        return f"{self.ns}:{suffix}"

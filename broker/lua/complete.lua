@@ -1,0 +1,25 @@
+-- Publish a request's outcome and acknowledge the message, in one round trip.
+-- KEYS[1]  result key (STRING, the future's value)
+-- KEYS[2]  watchers set (inboxes of chained calls waiting for this result)
+-- KEYS[3]  the replica's processing list
+-- KEYS[4]  the caller's inbox, or '' when nobody asked for a reply
+-- ARGV[1]  request id (32 hex chars, prefixed to every inbox item)
+-- ARGV[2]  encoded outcome
+-- ARGV[3]  result TTL in ms
+-- ARGV[4]  the raw message to remove from the processing list
+local item = ARGV[1] .. ARGV[2]
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if KEYS[4] ~= '' then
+  redis.call('LPUSH', KEYS[4], item)
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+end
+local watchers = redis.call('SMEMBERS', KEYS[2])
+for _, inbox in ipairs(watchers) do
+  redis.call('LPUSH', inbox, item)
+  redis.call('PEXPIRE', inbox, ARGV[3])
+end
+if #watchers > 0 then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('LREM', KEYS[3], 1, ARGV[4])
+return #watchers

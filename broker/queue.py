@@ -1,0 +1,174 @@
+"""A Dramatiq broker whose consumer blocks on Redis instead of polling.
+
+Dramatiq's stock ``RedisBroker`` sleeps up to a second between empty fetches, which is
+the whole latency budget of a serving request (see RESEARCH.md §D). Here a replica's
+consumer takes a message with ``BLMOVE queue -> processing list``: the command returns
+the moment a caller pushes, and the message stays in Redis (in the replica's processing
+list) until the outcome is written, so a dead replica's work can be found and requeued.
+
+The consumer never holds more than ``prefetch`` unfinished messages; set it to the
+replica's concurrency so queued work stays in Redis where any idle replica can take it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterable, Optional
+
+import dramatiq
+import redis
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.errors import BrokerConnectionError
+
+from . import codec, scripts
+from .connection import connect
+from .keys import Keys
+
+logger = logging.getLogger(__name__)
+
+
+class _Proxy(MessageProxy):
+    """A message plus the exact bytes it was queued as (needed to remove it by value)."""
+
+    def __init__(self, message: dramatiq.Message, raw: bytes) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.outcome: Optional[bytes] = None
+
+
+class ServeBroker(dramatiq.Broker):
+    """The broker of one replica: one deployment queue, one processing list.
+
+    Parameters:
+      url: Redis URL.
+      keys: key layout of the namespace.
+      queue_key: the deployment's queue (LIST).
+      processing_key: this replica's processing list.
+      result_ttl_ms: lifetime of result keys.
+    """
+
+    def __init__(self, url: str, keys: Keys, *, queue_key: str, processing_key: str, result_ttl_ms: int,
+                 middleware: Optional[list[dramatiq.Middleware]] = None) -> None:
+        super().__init__(middleware=middleware or [])
+        self.url = url
+        self.keys = keys
+        self.queue_key = queue_key
+        self.processing_key = processing_key
+        self.result_ttl_ms = result_ttl_ms
+        self.client = connect(url)
+        self.queues: set[str] = set()
+        self.draining = threading.Event()
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 1000) -> Consumer:
+        return _BlockingConsumer(self, prefetch=prefetch, timeout_ms=timeout)
+
+    def declare_queue(self, queue_name: str) -> None:
+        if queue_name not in self.queues:
+            self.emit_before("declare_queue", queue_name)
+            self.queues.add(queue_name)
+            self.emit_after("declare_queue", queue_name)
+
+    def enqueue(self, message: dramatiq.Message, *, delay: Optional[int] = None) -> dramatiq.Message:
+        if delay:
+            raise NotImplementedError("mqserve queues do not support delayed messages")
+        raw = codec.encode_request(
+            req_id=message.message_id, method=message.args[0], payload=message.args[1],
+            refs=tuple(message.args[2]), reply_to=message.options.get("reply_to", ""))
+        self.client.lpush(self.queue_key, raw)
+        return message
+
+    def get_declared_queues(self) -> set[str]:
+        return set(self.queues)
+
+    def get_declared_delay_queues(self) -> set[str]:
+        return set()
+
+    def flush(self, queue_name: str) -> None:
+        self.client.delete(self.queue_key)
+
+    def flush_all(self) -> None:
+        self.client.delete(self.queue_key, self.processing_key)
+
+    def join(self, queue_name: str, *, timeout: Optional[int] = None) -> None:  # pragma: no cover
+        raise NotImplementedError("join is not used by mqserve replicas")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _BlockingConsumer(Consumer):
+    def __init__(self, broker: ServeBroker, *, prefetch: int, timeout_ms: int) -> None:
+        self.broker = broker
+        self.prefetch = prefetch
+        self.timeout_s = timeout_ms / 1000
+        # A connection of its own: BLMOVE holds it while blocked.
+        self.conn = connect(broker.url, max_connections=1)
+        self.unfinished = 0
+        self.slots = threading.Condition()
+
+    def __next__(self) -> Optional[MessageProxy]:
+        with self.slots:
+            if self._full():
+                self.slots.wait(self.timeout_s)
+                if self._full():
+                    return None
+        try:
+            raw = self.conn.blmove(self.broker.queue_key, self.broker.processing_key,
+                                   self.timeout_s, "RIGHT", "LEFT")
+        except redis.RedisError as e:
+            raise BrokerConnectionError(str(e)) from e
+        if raw is None:
+            return None
+        try:
+            message = dramatiq.Message(**codec.decode_request(raw))
+        except Exception:
+            logger.error("mqserve: dropping a message that is not an mqserve request", exc_info=True)
+            self.broker.client.lrem(self.broker.processing_key, 1, raw)
+            return None
+        with self.slots:
+            self.unfinished += 1
+        return _Proxy(message, raw)
+
+    def _full(self) -> bool:
+        return self.broker.draining.is_set() or self.unfinished >= self.prefetch
+
+    def ack(self, message: MessageProxy) -> None:
+        self._finish(message)
+
+    def nack(self, message: MessageProxy) -> None:
+        self._finish(message)
+
+    def _finish(self, message: Any) -> None:
+        """Write the outcome, notify waiters and drop the message from processing: one script."""
+        try:
+            req_id = message.message_id
+            keys = self.broker.keys
+            outcome = message.outcome if message.outcome is not None else codec.encode_value(None)
+            scripts.COMPLETE(self.broker.client,
+                             (keys.result(req_id), keys.watchers(req_id), self.broker.processing_key,
+                              message.options.get("reply_to", "")),
+                             (req_id, outcome, self.broker.result_ttl_ms, message.raw))
+        except redis.RedisError as e:
+            # Dramatiq retries post-processing on connection errors until Redis is back.
+            raise BrokerConnectionError(str(e)) from e
+        with self.slots:
+            self.unfinished -= 1
+            self.slots.notify()
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        """Put taken-but-unstarted messages back at the head of the queue."""
+        raws = [m.raw for m in messages]  # type: ignore[attr-defined]
+        if not raws:
+            return
+        pipe = self.broker.client.pipeline()
+        for raw in raws:
+            pipe.lrem(self.broker.processing_key, 1, raw)
+            pipe.rpush(self.broker.queue_key, raw)
+        pipe.execute()
+        with self.slots:
+            self.unfinished -= len(raws)
+            self.slots.notify_all()
+
+    def close(self) -> None:
+        self.conn.close()

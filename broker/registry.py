@@ -1,0 +1,261 @@
+"""Control-plane state in Redis: applications, deployments, replicas, nodes, wake-ups.
+
+Records meant for people and tools (apps, replicas, nodes) are JSON; deployment code
+is a cloudpickle blob. Who writes what:
+
+- the driver (``serve.run``/``serve.delete``) writes apps and deployments;
+- the controller writes node assignments;
+- a node removes the records of replica processes that ended;
+- a replica writes its own record (STARTING, RUNNING, DEPLOY_FAILED).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable, Optional
+
+import redis
+
+from . import codec, scripts
+from .keys import Keys
+
+
+class RouteConflictError(ValueError):
+    """Another application already serves this route prefix."""
+
+
+class Registry:
+    """Reads and writes the control-plane records of one namespace."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+
+    # Applications and deployments --------------------------------------------------------
+    def put_app(self, record: dict[str, Any], deployments: dict[str, dict[str, Any]]) -> None:
+        """Register (or upgrade) an app and its deployments atomically.
+
+        ``deployments`` maps name -> {"spec": bytes, "config": json str, "version": str,
+        "max_queued": int}. Deployments the previous version had and this one lacks are
+        removed. Raises :class:`RouteConflictError` if another app has the route prefix.
+        """
+        name = record["name"]
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.keys.apps)
+                    apps = {k.decode(): json.loads(v) for k, v in pipe.hgetall(self.keys.apps).items()}
+                    prefix = record.get("route_prefix")
+                    for other, rec in apps.items():
+                        if other != name and prefix is not None and rec.get("route_prefix") == prefix:
+                            raise RouteConflictError(
+                                f"Route prefix '{prefix}' is already used by application '{other}'. "
+                                "Give this application another route_prefix, or delete the other one.")
+                    old = apps.get(name, {}).get("deployments", [])
+                    pipe.multi()
+                    pipe.hset(self.keys.apps, name, json.dumps(record))
+                    for dep in old:
+                        if dep not in deployments:
+                            pipe.delete(self.keys.deployment(name, dep))
+                    for dep, fields in deployments.items():
+                        pipe.delete(self.keys.deployment(name, dep))
+                        pipe.hset(self.keys.deployment(name, dep), mapping=fields)
+                    pipe.lpush(self.keys.controller_wake, 1)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def apps(self) -> dict[str, dict[str, Any]]:
+        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.keys.apps).items()}
+
+    def app(self, name: str) -> Optional[dict[str, Any]]:
+        raw = self.redis.hget(self.keys.apps, name)
+        return json.loads(raw) if raw else None
+
+    def deployment(self, app: str, dep: str) -> Optional[dict[str, Any]]:
+        """``{"spec": bytes, "config": dict, "version": str}`` or None if not registered."""
+        raw = self.redis.hgetall(self.keys.deployment(app, dep))
+        if not raw:
+            return None
+        return {"spec": raw[b"spec"], "config": json.loads(raw[b"config"]), "version": raw[b"version"].decode()}
+
+    def deployment_versions(self, app: str, deps: Iterable[str]) -> dict[str, Optional[str]]:
+        deps = list(deps)
+        pipe = self.redis.pipeline(transaction=False)
+        for dep in deps:
+            pipe.hmget(self.keys.deployment(app, dep), ["version", "config"])
+        out: dict[str, Optional[str]] = {}
+        for dep, (version, _) in zip(deps, pipe.execute()):
+            out[dep] = version.decode() if version else None
+        return out
+
+    def deployment_configs(self, app: str, deps: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """name -> (version, config) for the registered ones among ``deps``."""
+        deps = list(deps)
+        pipe = self.redis.pipeline(transaction=False)
+        for dep in deps:
+            pipe.hmget(self.keys.deployment(app, dep), ["version", "config"])
+        return {dep: (v.decode(), json.loads(c)) for dep, (v, c) in zip(deps, pipe.execute()) if v}
+
+    def delete_app(self, name: str, result_ttl_ms: int) -> int:
+        """Unregister an app; queued requests fail with DeploymentUnavailableError.
+
+        Returns how many queued requests were failed.
+        """
+        record = self.app(name)
+        if record is None:
+            return 0
+        pipe = self.redis.pipeline()
+        pipe.hdel(self.keys.apps, name)
+        for dep in record["deployments"]:
+            pipe.delete(self.keys.deployment(name, dep))
+            pipe.lrange(self.keys.queue(name, dep), 0, -1)
+            pipe.delete(self.keys.queue(name, dep))
+        pipe.lpush(self.keys.controller_wake, 1)
+        results = pipe.execute()
+        queued = [m for res in results if isinstance(res, list) for m in res]
+        self._fail_messages(queued, f"Application '{name}' was deleted before this request ran.", result_ttl_ms)
+        return len(queued)
+
+    def _fail_messages(self, messages: list[bytes], reason: str, result_ttl_ms: int) -> None:
+        from actors.exceptions import DeploymentUnavailableError
+
+        outcome = codec.encode_error(DeploymentUnavailableError(reason))
+        batch = scripts.Batch()
+        for raw in messages:
+            try:
+                fields = codec.decode_request(raw)
+            except Exception:
+                continue
+            req_id, reply_to = fields["message_id"], fields["options"].get("reply_to", "")
+            batch.script(scripts.COMPLETE,
+                         (self.keys.result(req_id), self.keys.watchers(req_id), self.keys.pattern("none"), reply_to),
+                         (req_id, outcome, result_ttl_ms, b""))
+        if len(batch):
+            batch.execute(self.redis)
+
+    # Replicas ---------------------------------------------------------------------------
+    def set_replica(self, app: str, dep: str, replica_id: str, record: dict[str, Any]) -> None:
+        record = {**record, "updated": time.time()}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.replicas(app, dep), replica_id, json.dumps(record))
+        pipe.lpush(self.keys.controller_wake, 1)
+        pipe.publish(self.keys.events, json.dumps({"app": app, "deployment": dep, "replica": replica_id,
+                                                  "state": record.get("state")}))
+        pipe.execute()
+
+    def remove_replica(self, app: str, dep: str, replica_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(self.keys.replicas(app, dep), replica_id)
+        pipe.delete(self.keys.replica_error(replica_id))
+        pipe.lpush(self.keys.controller_wake, 1)
+        pipe.publish(self.keys.events, json.dumps({"app": app, "deployment": dep, "replica": replica_id,
+                                                  "state": "REMOVED"}))
+        pipe.execute()
+
+    def replicas(self, app: str, dep: str) -> dict[str, dict[str, Any]]:
+        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.keys.replicas(app, dep)).items()}
+
+    def replica_sets(self, app: str, deps: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        deps = list(deps)
+        pipe = self.redis.pipeline(transaction=False)
+        for dep in deps:
+            pipe.hgetall(self.keys.replicas(app, dep))
+        return {dep: {k.decode(): json.loads(v) for k, v in raw.items()} for dep, raw in zip(deps, pipe.execute())}
+
+    def set_replica_error(self, replica_id: str, blob: bytes, ttl_ms: int) -> None:
+        self.redis.set(self.keys.replica_error(replica_id), blob, px=ttl_ms)
+
+    def replica_error(self, replica_id: str) -> Optional[bytes]:
+        return self.redis.get(self.keys.replica_error(replica_id))
+
+    def orphan_replica_keys(self) -> list[tuple[str, str]]:
+        """(app, deployment) pairs that have replica records, found by key scan."""
+        prefix = self.keys.replicas("", "")[:-2]
+        out = []
+        for key in self.redis.scan_iter(match=self.keys.replicas("*", "*"), count=500):
+            app, _, dep = key.decode()[len(prefix) + 1:].partition(":")
+            out.append((app, dep))
+        return out
+
+    def load(self, app: str, deps: Iterable[str], replica_ids: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+        """Queue depth and in-flight count per deployment (in-flight from processing lists)."""
+        deps = list(deps)
+        pipe = self.redis.pipeline(transaction=False)
+        for dep in deps:
+            pipe.llen(self.keys.queue(app, dep))
+            for rid in replica_ids.get(dep, []):
+                pipe.llen(self.keys.processing(rid))
+        results = iter(pipe.execute())
+        out = {}
+        for dep in deps:
+            depth = next(results)
+            ongoing = sum(next(results) for _ in replica_ids.get(dep, []))
+            out[dep] = {"queued": depth, "ongoing": ongoing}
+        return out
+
+    # Nodes and assignments -------------------------------------------------------------------
+    def register_node(self, node_id: str, record: dict[str, Any]) -> None:
+        self.redis.hset(self.keys.nodes, node_id, json.dumps({**record, "heartbeat": time.time()}))
+
+    def remove_node(self, node_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(self.keys.nodes, node_id)
+        pipe.delete(self.keys.node_assignments(node_id), self.keys.node_wake(node_id))
+        pipe.lpush(self.keys.controller_wake, 1)
+        pipe.execute()
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.keys.nodes).items()}
+
+    def assignments(self, node_id: str) -> dict[str, dict[str, Any]]:
+        raw = self.redis.hgetall(self.keys.node_assignments(node_id))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def assign(self, node_id: str, replica_id: str, record: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.node_assignments(node_id), replica_id, json.dumps(record))
+        pipe.lpush(self.keys.node_wake(node_id), 1)
+        pipe.execute()
+
+    def unassign(self, node_id: str, replica_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(self.keys.node_assignments(node_id), replica_id)
+        pipe.lpush(self.keys.node_wake(node_id), 1)
+        pipe.execute()
+
+    # Wake-ups and leadership ----------------------------------------------------------------
+    def wake_controller(self) -> None:
+        self.redis.lpush(self.keys.controller_wake, 1)
+
+    def wake_node(self, node_id: str) -> None:
+        self.redis.lpush(self.keys.node_wake(node_id), 1)
+
+    def wait_wake(self, keys: list[str], timeout_s: float) -> None:
+        """Block until one of ``keys`` is pushed or the timeout passes; drop extra tokens."""
+        if self.redis.blpop(keys, timeout=timeout_s) is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.delete(key)
+            pipe.execute()
+
+    def lead(self, candidate: str, lease_ms: int) -> bool:
+        return bool(scripts.LEAD(self.redis, (self.keys.controller_lock,), (candidate, lease_ms)))
+
+    def resign(self, candidate: str) -> None:
+        if self.redis.get(self.keys.controller_lock) == candidate.encode():
+            self.redis.delete(self.keys.controller_lock)
+
+    def subscribe(self) -> Any:
+        """A pub/sub subscription to state-change events (call ``get_message(timeout=)``)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.keys.events)
+        return pubsub
+
+    def clear_namespace(self) -> None:
+        """Delete every key of this namespace (tests and ``mqserve shutdown --purge``)."""
+        keys = list(self.redis.scan_iter(match=self.keys.pattern(), count=1000))
+        for i in range(0, len(keys), 500):
+            self.redis.unlink(*keys[i:i + 500])

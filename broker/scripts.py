@@ -1,0 +1,86 @@
+"""Lua scripts, loaded from ``broker/lua`` once and run by SHA.
+
+redis-py's ``Script`` objects re-check ``SCRIPT EXISTS`` on every pipeline execution;
+that is a round trip on the hot path, so we call EVALSHA ourselves and reload only on
+``NOSCRIPT`` (after a Redis restart or ``SCRIPT FLUSH``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import Any, Sequence
+
+import redis
+from redis.exceptions import NoScriptError
+
+
+class Script:
+    """One Lua file; call it on a client, or queue it on a pipeline."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Add a call to ``pipe``; pair with :func:`execute_pipeline`."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+ENQUEUE = Script("enqueue")
+COMPLETE = Script("complete")
+WATCH = Script("watch")
+CANCEL = Script("cancel")
+LEAD = Script("lead")
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, LEAD)
+
+
+def load_all(client: redis.Redis) -> None:
+    """Load every script, so that pipelines can use EVALSHA straight away."""
+    for script in ALL:
+        client.script_load(script.source)
+
+
+class Batch:
+    """Commands and script calls sent in one pipeline (one round trip).
+
+    After a Redis restart the script cache is empty and every EVALSHA answers NOSCRIPT;
+    only those calls are run again (loading the script), so nothing runs twice.
+    Errors of single commands come back as exception objects in the result list.
+    """
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[Script | None, str, tuple[Any, ...]]] = []
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+        self._calls.append((script, "", (tuple(keys), tuple(args))))
+
+    def command(self, name: str, *args: Any) -> None:
+        self._calls.append((None, name, args))
+
+    def execute(self, client: redis.Redis) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for script, name, args in self._calls:
+            if script is None:
+                getattr(pipe, name)(*args)
+            else:
+                script.queue(pipe, *args)
+        results = pipe.execute(raise_on_error=False)
+        for i, (script, _, args) in enumerate(self._calls):
+            if script is not None and isinstance(results[i], NoScriptError):
+                try:
+                    results[i] = script(client, *args)
+                except redis.RedisError as e:
+                    results[i] = e
+        return results
