@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import time
 from typing import Any, Optional
 
 from broker import codec
-from broker.calls import CallClient, get_client
+from broker.calls import DETACHED, CallClient, get_client
 from broker.keys import Keys
 
 from .exceptions import RequestCancelledError, ServeException, rebuild_remote_error
@@ -103,7 +104,7 @@ class DeploymentHandle:
             _collecting.reset(token)
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                        refs=tuple(refs), reply_to=client.inbox)
-        future = client.submit(self._app_name, self._deployment_name, req_id, message)
+        future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs))
         return DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future)
 
 
@@ -166,8 +167,12 @@ class DeploymentResponse:
             raise RuntimeError(
                 "Sync methods should not be called from within an asyncio event loop. "
                 "Use `await response` instead of `response.result()`.")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             outcome = self._future.result(timeout=timeout_s)
+            if outcome == DETACHED:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                outcome = self._client.watch(self._req_id).result(timeout=left)
         except concurrent.futures.CancelledError:
             raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
         except concurrent.futures.TimeoutError:
@@ -182,6 +187,8 @@ class DeploymentResponse:
     async def _await(self) -> Any:
         try:
             outcome = await asyncio.wrap_future(self._future)
+            if outcome == DETACHED:
+                outcome = await asyncio.wrap_future(self._client.watch(self._req_id))
         except concurrent.futures.CancelledError:
             if self._future.cancelled():
                 raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None

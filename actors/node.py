@@ -154,7 +154,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--name", default=None, help="node id (default: host name and a random suffix)")
     parser.add_argument("--watch-stdin", action="store_true", help="stop when stdin closes (local mode)")
     opts = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("MQSERVE_LOG_LEVEL", "INFO"),
+    level = os.environ.get("MQSERVE_LOG_LEVEL", "INFO").upper()
+    logging.getLogger("dramatiq").setLevel(level if level == "DEBUG" else "WARNING")
+    logging.basicConfig(level=level,
                         format="%(asctime)s node %(levelname)s %(name)s: %(message)s")
     node_id = opts.name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     node = Node(url=opts.redis_url, namespace=opts.namespace, node_id=node_id,

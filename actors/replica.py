@@ -185,7 +185,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--result-ttl-ms", type=int, required=True)
     opts = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("MQSERVE_LOG_LEVEL", "INFO"),
+    level = os.environ.get("MQSERVE_LOG_LEVEL", "INFO").upper()
+    logging.getLogger("dramatiq").setLevel(level if level == "DEBUG" else "WARNING")
+    logging.basicConfig(level=level,
                         format=f"%(asctime)s {opts.replica_id} %(levelname)s %(name)s: %(message)s")
     replica = Replica(url=opts.redis_url, namespace=opts.namespace, app=opts.app, deployment=opts.deployment,
                       replica_id=opts.replica_id, version=opts.version, node_id=opts.node_id,

@@ -32,6 +32,9 @@ LISTEN_BLOCK_S = 1.0
 #: Most replies taken from the inbox in one round trip.
 REPLY_BATCH = 512
 
+#: What a caller's own future resolves to when the value went only to the result key.
+DETACHED = b""
+
 _Op = tuple[Callable[[scripts.Batch], None], Callable[[Any], None]]
 
 
@@ -43,9 +46,11 @@ class CallClient:
         self.keys = keys
         self.result_ttl_ms = result_ttl_ms
         self.inbox = keys.inbox(new_request_id())
-        self._redis = connect(url)
+        self.client_name = f"mqserve-caller-{os.getpid()}"
+        self._redis = connect(url, client_name=self.client_name)
         self._lock = threading.Lock()
         self._waiters: dict[str, list[Future[bytes]]] = {}
+        self._owners: dict[str, Future[bytes]] = {}
         self._shared: set[str] = set()
         self._unlink: list[str] = []
         self._outbox: list[_Op] = []
@@ -57,13 +62,19 @@ class CallClient:
         self._listener.start()
 
     # Public ---------------------------------------------------------------------------
-    def submit(self, app: str, dep: str, req_id: str, message: bytes) -> Future[bytes]:
-        """Queue ``message`` for deployment ``app/dep``; the future gets its outcome bytes."""
+    def submit(self, app: str, dep: str, req_id: str, message: bytes,
+               consumes: tuple[str, ...] = ()) -> Future[bytes]:
+        """Queue ``message`` for deployment ``app/dep``; the future gets its outcome bytes.
+
+        ``consumes`` are ids of responses passed as arguments: their values will go to
+        their result keys only, and their own futures resolve to :data:`DETACHED`.
+        """
         fut: Future[bytes] = Future()
         qkey, dkey = self.keys.queue(app, dep), self.keys.deployment(app, dep)
+        args = (message, self.result_ttl_ms, *(self.keys.detached(r) for r in consumes))
 
         def add(batch: scripts.Batch) -> None:
-            batch.script(scripts.ENQUEUE, (dkey, qkey), (message,))
+            batch.script(scripts.ENQUEUE, (dkey, qkey), args)
 
         def done(res: Any) -> None:
             if isinstance(res, Exception):
@@ -79,16 +90,12 @@ class CallClient:
 
         with self._lock:
             self._waiters.setdefault(req_id, []).append(fut)
+            self._owners[req_id] = fut
             if _in_event_loop():
                 # Never block an event loop on Redis: the sender thread pipelines it.
                 self._post(add, done)
                 return fut
-        # A plain thread would wait for the reply anyway: send from here, one hop fewer.
-        try:
-            res = scripts.ENQUEUE(self._redis, (dkey, qkey), (message,))
-        except redis.RedisError as e:
-            res = e
-        done(res)
+        self._run_here(scripts.ENQUEUE, (dkey, qkey), args, done)
         return fut
 
     def watch(self, req_id: str) -> Future[bytes]:
@@ -108,7 +115,10 @@ class CallClient:
         with self._lock:
             self._waiters.setdefault(req_id, []).append(fut)
             self._shared.add(req_id)
-            self._post(add, done)
+            if _in_event_loop():
+                self._post(add, done)
+                return fut
+        self._run_here(scripts.WATCH, (rkey, wkey), (self.inbox, self.result_ttl_ms), done)
         return fut
 
     def cancel(self, app: str, dep: str, req_id: str, message: bytes) -> Future[bool]:
@@ -135,6 +145,7 @@ class CallClient:
         """Stop waiting for ``req_id`` (cancelled or timed out)."""
         with self._lock:
             self._waiters.pop(req_id, None)
+            self._owners.pop(req_id, None)
 
     def in_flight(self) -> int:
         with self._lock:
@@ -163,9 +174,20 @@ class CallClient:
         if len(self._outbox) == 1:
             self._wake.notify()
 
+    def _run_here(self, script: scripts.Script, keys: tuple[str, ...], args: tuple[Any, ...],
+                  done: Callable[[Any], None]) -> None:
+        """Run a script on the calling thread: a plain thread waits for the reply anyway,
+        so sending from here saves a hop through the sender thread."""
+        try:
+            res = script(self._redis, keys, args)
+        except redis.RedisError as e:
+            res = e
+        done(res)
+
     def _fail(self, req_id: str, exc: BaseException) -> None:
         with self._lock:
             waiters = self._waiters.pop(req_id, ())
+            self._owners.pop(req_id, None)
         for fut in waiters:
             if not fut.done():
                 fut.set_exception(exc)
@@ -173,6 +195,7 @@ class CallClient:
     def _resolve(self, req_id: str, outcome: bytes) -> None:
         with self._lock:
             waiters = self._waiters.pop(req_id, ())
+            self._owners.pop(req_id, None)
             if req_id in self._shared:
                 self._shared.discard(req_id)
             else:
@@ -230,7 +253,21 @@ class CallClient:
     def _dispatch(self, raw: bytes) -> None:
         if len(raw) < REQUEST_ID_LEN:
             return  # a wake-up from close()
-        self._resolve(raw[:REQUEST_ID_LEN].decode(), raw[REQUEST_ID_LEN:])
+        req_id = raw[:REQUEST_ID_LEN].decode()
+        if len(raw) > REQUEST_ID_LEN:
+            self._resolve(req_id, raw[REQUEST_ID_LEN:])
+            return
+        # The value went to the result key only (the response was passed downstream):
+        # release the caller's own future; awaiting it reads the key (see watch()).
+        with self._lock:
+            fut = self._owners.pop(req_id, None)
+            waiters = self._waiters.get(req_id)
+            if fut is not None and waiters is not None:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[req_id]
+        if fut is not None and not fut.done():
+            fut.set_result(DETACHED)
 
 
 def _in_event_loop() -> bool:

@@ -10,12 +10,12 @@ from redis.retry import Retry
 CONNECT_TIMEOUT_S = 5.0
 
 
-def connect(url: str, *, max_connections: int | None = None) -> redis.Redis:
+def connect(url: str, *, max_connections: int | None = None, client_name: str | None = None) -> redis.Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``; passwords in the URL).
 
     Commands are retried across a dropped connection, so a restarted Redis is survived
     by reconnecting. Socket reads have no timeout because blocking commands
-    (BLMOVE, BLPOP) carry their own.
+    (BLMOVE, BLPOP) carry their own. ``client_name`` shows in ``CLIENT LIST``.
     """
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.01), retries=8)
     options: dict[str, object] = {
@@ -24,6 +24,7 @@ def connect(url: str, *, max_connections: int | None = None) -> redis.Redis:
         "retry": retry,
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
         "max_connections": max_connections,
+        "client_name": client_name,
     }
     if not url.startswith("unix:"):
         options["socket_keepalive"] = True

@@ -54,6 +54,11 @@ class Keys:
         """LIST where replicas push replies for one caller process (expires when idle)."""
         return f"{self.ns}:inbox:{client_id}"
 
+    def detached(self, req_id: str) -> str:
+        """STRING set when a response was passed to another call: its value then goes only
+        to the result key, and the caller's inbox gets just the request id."""
+        return f"{self.ns}:detached:{req_id}"
+
     def cancelled(self, req_id: str) -> str:
         """STRING set when a caller cancels a request that a replica already took."""
         return f"{self.ns}:cancel:{req_id}"

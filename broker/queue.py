@@ -147,7 +147,7 @@ class _BlockingConsumer(Consumer):
             outcome = message.outcome if message.outcome is not None else codec.encode_value(None)
             scripts.COMPLETE(self.broker.client,
                              (keys.result(req_id), keys.watchers(req_id), self.broker.processing_key,
-                              message.options.get("reply_to", "")),
+                              message.options.get("reply_to", ""), keys.detached(req_id)),
                              (req_id, outcome, self.broker.result_ttl_ms, message.raw))
         except redis.RedisError as e:
             # Dramatiq retries post-processing on connection errors until Redis is back.

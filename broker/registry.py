@@ -131,7 +131,8 @@ class Registry:
                 continue
             req_id, reply_to = fields["message_id"], fields["options"].get("reply_to", "")
             batch.script(scripts.COMPLETE,
-                         (self.keys.result(req_id), self.keys.watchers(req_id), self.keys.pattern("none"), reply_to),
+                         (self.keys.result(req_id), self.keys.watchers(req_id), self.keys.pattern("none"), reply_to,
+                          self.keys.detached(req_id)),
                          (req_id, outcome, result_ttl_ms, b""))
         if len(batch):
             batch.execute(self.redis)

@@ -3,6 +3,7 @@
 -- KEYS[2]  watchers set (inboxes of chained calls waiting for this result)
 -- KEYS[3]  the replica's processing list
 -- KEYS[4]  the caller's inbox, or '' when nobody asked for a reply
+-- KEYS[5]  the request's "detached" flag: if set, the caller gets only the request id
 -- ARGV[1]  request id (32 hex chars, prefixed to every inbox item)
 -- ARGV[2]  encoded outcome
 -- ARGV[3]  result TTL in ms
@@ -10,7 +11,11 @@
 local item = ARGV[1] .. ARGV[2]
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if KEYS[4] ~= '' then
-  redis.call('LPUSH', KEYS[4], item)
+  if redis.call('DEL', KEYS[5]) == 1 then
+    redis.call('LPUSH', KEYS[4], ARGV[1])
+  else
+    redis.call('LPUSH', KEYS[4], item)
+  end
   redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
 local watchers = redis.call('SMEMBERS', KEYS[2])

@@ -1,0 +1,82 @@
+"""Test fixtures: a real redis-server on a free port for the session, and serve instances.
+
+Every process a test starts is stopped by the fixture that started it, also when the
+test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from typing import Iterator
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from actors import serve  # noqa: E402
+from actors._local import find_redis_server  # noqa: E402
+from broker.connection import connect  # noqa: E402
+from broker.keys import Keys  # noqa: E402
+from broker.registry import Registry  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private redis-server for the whole session (never the machine's own)."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--logfile", ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if b"ready to accept connections" in line.lower():
+            break
+    else:
+        pytest.fail("redis-server did not start")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def serve_instance(redis_url: str, namespace: str) -> Iterator[Registry]:
+    """serve started against the session Redis in a namespace of the module's own.
+
+    Yields the namespace's registry, so tests can look at what is in Redis.
+    """
+    os.environ["MQSERVE_NAMESPACE"] = namespace
+    try:
+        serve.start(redis_url=redis_url)
+        registry = Registry(connect(redis_url), Keys(namespace))
+        yield registry
+    finally:
+        serve.shutdown()
+        os.environ.pop("MQSERVE_NAMESPACE", None)
+        Registry(connect(redis_url), Keys(namespace)).clear_namespace()
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a Python program in a fresh interpreter from the repository root."""
+    full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    full_env.pop("MQSERVE_NAMESPACE", None)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)

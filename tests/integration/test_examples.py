@@ -1,0 +1,47 @@
+"""The seeds' examples, run unchanged but for imports, as their own programs.
+
+They run with no Redis configured, so each starts (and must stop) a private
+redis-server, a node and its replicas.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.procs import processes_with, wait_until_gone
+
+
+def _run_example(path: str, tmp_path: object) -> tuple[subprocess.CompletedProcess[str], str]:
+    marker = f"mqex{uuid.uuid4().hex[:8]}"
+    tmpdir = os.path.join(str(tmp_path), marker)
+    os.makedirs(tmpdir)
+    env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": tmpdir, "MQSERVE_NAMESPACE": marker}
+    env.pop("MQSERVE_REDIS_URL", None)
+    proc = subprocess.run([sys.executable, path], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+    return proc, marker
+
+
+@pytest.mark.parametrize("script, expected", [
+    ("examples/chain.py", "(5 + 1) * 2 = 12"),
+    ("examples/key_concepts.py", "Hello world!\nHello world!"),
+    ("examples/hello_handles.py", "Hola Dora\nBonjour Dora"),
+])
+def test_example_runs_and_leaves_nothing(script: str, expected: str, tmp_path: object) -> None:
+    # Given an example program and no Redis configured
+    # When it runs to completion
+    proc, marker = _run_example(script, tmp_path)
+    try:
+        # Then it prints the documented answer and exits cleanly
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip() == expected
+        # And neither its private Redis, nor its node, nor a replica outlives it
+        assert wait_until_gone(marker) == []
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, 9)
