@@ -11,6 +11,8 @@ unfinished messages than that, so queued requests stay in Redis for any idle rep
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import inspect
 import logging
 import os
@@ -57,12 +59,14 @@ class _Outcomes(dramatiq.Middleware):
                               exception: Optional[BaseException] = None) -> None:
         if exception is not None:
             message.outcome = codec.encode_error(exception)
-            return
-        result = getattr(message, "return_value", None)
+        elif message.deferred is None:
+            message.outcome = self.encode(getattr(message, "return_value", None))
+
+    def encode(self, result: Any) -> bytes:
         try:
-            message.outcome = codec.encode_value(result)
+            return codec.encode_value(result)
         except Exception as e:
-            message.outcome = codec.encode_error(TypeError(
+            return codec.encode_error(TypeError(
                 f"Deployment '{self.deployment}' returned a value that cannot be pickled "
                 f"({type(result).__name__}): {e}"))
 
@@ -141,25 +145,46 @@ class Replica:
         return method  # type: ignore[no-any-return]
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run user code to the end, here (constructor-time calls such as reconfigure)."""
         assert self.loop_thread is not None
-        if inspect.iscoroutinefunction(fn):
-            return self.loop_thread.run_coroutine(fn(*args, **kwargs))
         result = fn(*args, **kwargs)
         if inspect.isawaitable(result):
             return self.loop_thread.run_coroutine(result)
         return result
 
-    def _handle_request(self, method: str, payload: bytes, refs: tuple[str, ...]) -> Any:
+    def _handle_request(self, method: str, payload: bytes, refs: tuple[str, ...]) -> None:
+        """The Dramatiq actor: sync user code runs on this worker thread; async user code is
+        handed to the event loop and its outcome written when it finishes, so this thread
+        (and Dramatiq) is free for the next message meanwhile."""
         client = get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
         args, kwargs = load_call_args(client, payload, refs)
-        message = CurrentMessage.get_current_message()
-        message.return_value = self._call(self._method(method), args, kwargs)  # type: ignore[union-attr]
+        message: Any = CurrentMessage.get_current_message()
+        result = self._method(method)(*args, **kwargs)
+        if inspect.isawaitable(result):
+            message.deferred = self._on_loop(result)
+        else:
+            message.return_value = result
+
+    def _on_loop(self, awaitable: Any) -> "concurrent.futures.Future[bytes]":
+        assert self.loop_thread is not None
+        outcome: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+
+        def done(task: "concurrent.futures.Future[Any]") -> None:
+            try:
+                outcome.set_result(self.outcomes.encode(task.result()))
+            except BaseException as e:
+                logger.error("deployment '%s' raised", self.deployment, exc_info=e)
+                outcome.set_result(codec.encode_error(e))
+
+        asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop_thread.loop).add_done_callback(done)
+        return outcome
 
     def _start_worker(self, config: DeploymentConfig) -> tuple[dramatiq.Worker, ServeBroker]:
+        self.outcomes = _Outcomes(self.deployment)
         broker = ServeBroker(self.url, self.keys, queue_key=self.keys.queue(self.app, self.deployment),
                              processing_key=self.keys.processing(self.replica_id),
                              result_ttl_ms=self.result_ttl_ms,
-                             middleware=[CurrentMessage(), _Outcomes(self.deployment)])
+                             middleware=[CurrentMessage(), self.outcomes])
         dramatiq.Actor(self._handle_request, broker=broker, actor_name=codec.REQUEST_ACTOR,
                        queue_name=codec.REQUEST_QUEUE, priority=0, options={})
         concurrency = config.max_ongoing_requests
@@ -167,6 +192,10 @@ class Replica:
         worker.queue_prefetch = concurrency  # never hold work an idle replica could take
         worker.start()
         return worker, broker
+
+
+async def _as_coroutine(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _watch_parent(stop: threading.Event) -> None:

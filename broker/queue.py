@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from concurrent.futures import Future
 from typing import Any, Iterable, Optional
 
 import dramatiq
@@ -29,12 +31,17 @@ logger = logging.getLogger(__name__)
 
 
 class _Proxy(MessageProxy):
-    """A message plus the exact bytes it was queued as (needed to remove it by value)."""
+    """A message plus the exact bytes it was queued as (needed to remove it by value).
+
+    The actor sets ``outcome`` (the encoded result), or ``deferred``: a future of the
+    outcome, for work that continues on the event loop after the actor returned.
+    """
 
     def __init__(self, message: dramatiq.Message, raw: bytes) -> None:
         super().__init__(message)
         self.raw = raw
         self.outcome: Optional[bytes] = None
+        self.deferred: Optional[Future[bytes]] = None
 
 
 class ServeBroker(dramatiq.Broker):
@@ -106,20 +113,39 @@ class _BlockingConsumer(Consumer):
         self.conn = connect(broker.url, max_connections=1)
         self.unfinished = 0
         self.slots = threading.Condition()
+        self.taken: deque[_Proxy] = deque()  # taken from Redis, not yet handed to Dramatiq
+        self.busy = False  # the last fetch found work: try a batch next
+        self.completer = _Completer(self)
 
     def __next__(self) -> Optional[MessageProxy]:
+        if self.taken and not self.broker.draining.is_set():
+            return self.taken.popleft()
         with self.slots:
             if self._full():
                 self.slots.wait(self.timeout_s)
                 if self._full():
                     return None
+            free = self.prefetch - self.unfinished
         try:
-            raw = self.conn.blmove(self.broker.queue_key, self.broker.processing_key,
-                                   self.timeout_s, "RIGHT", "LEFT")
+            if self.busy and free > 1:
+                # Under load, take what is waiting in one round trip instead of one
+                # BLMOVE per message; when nothing waits, go back to blocking.
+                raws = scripts.TAKE(self.conn, (self.broker.queue_key, self.broker.processing_key), (free,))
+                self.busy = bool(raws)
+            else:
+                raw = self.conn.blmove(self.broker.queue_key, self.broker.processing_key,
+                                       self.timeout_s, "RIGHT", "LEFT")
+                raws = [raw] if raw is not None else []
+                self.busy = raw is not None
         except redis.RedisError as e:
             raise BrokerConnectionError(str(e)) from e
-        if raw is None:
-            return None
+        for raw in raws:
+            proxy = self._decode(raw)
+            if proxy is not None:
+                self.taken.append(proxy)
+        return self.taken.popleft() if self.taken else None
+
+    def _decode(self, raw: bytes) -> Optional[_Proxy]:
         try:
             message = dramatiq.Message(**codec.decode_request(raw))
         except Exception:
@@ -140,21 +166,37 @@ class _BlockingConsumer(Consumer):
         self._finish(message)
 
     def _finish(self, message: Any) -> None:
-        """Write the outcome, notify waiters and drop the message from processing: one script."""
+        """Write the outcome, notify waiters and drop the message from processing: one script.
+
+        Deferred work keeps its slot until its future resolves; the completer thread
+        then writes its outcome, batched with others, so no worker thread waits on it.
+        """
+        if message.deferred is not None:
+            message.deferred.add_done_callback(lambda fut: self.completer.post(message, fut.result()))
+            return
+        outcome = message.outcome if message.outcome is not None else codec.encode_value(None)
+        batch = scripts.Batch()
+        self._complete(batch, message, outcome)
         try:
-            req_id = message.message_id
-            keys = self.broker.keys
-            outcome = message.outcome if message.outcome is not None else codec.encode_value(None)
-            scripts.COMPLETE(self.broker.client,
-                             (keys.result(req_id), keys.watchers(req_id), self.broker.processing_key,
-                              message.options.get("reply_to", ""), keys.detached(req_id)),
-                             (req_id, outcome, self.broker.result_ttl_ms, message.raw))
+            error = batch.execute(self.broker.client)[0]
         except redis.RedisError as e:
+            error = e
+        if isinstance(error, Exception):
             # Dramatiq retries post-processing on connection errors until Redis is back.
-            raise BrokerConnectionError(str(e)) from e
+            raise BrokerConnectionError(str(error)) from error
+        self._release(1)
+
+    def _complete(self, batch: scripts.Batch, message: Any, outcome: bytes) -> None:
+        keys, req_id = self.broker.keys, message.message_id
+        batch.script(scripts.COMPLETE,
+                     (keys.result(req_id), keys.watchers(req_id), self.broker.processing_key,
+                      message.options.get("reply_to", ""), keys.detached(req_id)),
+                     (req_id, outcome, self.broker.result_ttl_ms, message.raw))
+
+    def _release(self, n: int) -> None:
         with self.slots:
-            self.unfinished -= 1
-            self.slots.notify()
+            self.unfinished -= n
+            self.slots.notify(n)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Put taken-but-unstarted messages back at the head of the queue."""
@@ -171,4 +213,56 @@ class _BlockingConsumer(Consumer):
             self.slots.notify_all()
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.requeue(list(self.taken))
+            self.taken.clear()
+            self.completer.close()
+        finally:
+            self.conn.close()
+
+
+class _Completer:
+    """Writes the outcomes of deferred (event-loop) work, many per round trip."""
+
+    def __init__(self, consumer: _BlockingConsumer) -> None:
+        self.consumer = consumer
+        self.pending: list[tuple[Any, bytes]] = []
+        self.cond = threading.Condition()
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="mqserve-completer", daemon=True)
+        self.thread.start()
+
+    def post(self, message: Any, outcome: bytes) -> None:
+        with self.cond:
+            self.pending.append((message, outcome))
+            if len(self.pending) == 1:
+                self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending and not self.closed:
+                    self.cond.wait()
+                if not self.pending:
+                    return
+                items, self.pending = self.pending, []
+            batch = scripts.Batch()
+            for message, outcome in items:
+                self.consumer._complete(batch, message, outcome)
+            try:
+                results = batch.execute(self.consumer.broker.client)
+            except redis.RedisError as e:
+                results = [e]
+            if any(isinstance(r, redis.ConnectionError) for r in results):
+                logger.warning("mqserve: Redis unreachable while writing %d outcome(s); retrying", len(items))
+                with self.cond:
+                    self.pending[:0] = items
+                    self.cond.wait(1.0)
+                continue
+            self.consumer._release(len(items))

@@ -40,7 +40,8 @@ COMPLETE = Script("complete")
 WATCH = Script("watch")
 CANCEL = Script("cancel")
 LEAD = Script("lead")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, LEAD)
+TAKE = Script("take")
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, LEAD, TAKE)
 
 
 def load_all(client: redis.Redis) -> None:
