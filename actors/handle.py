@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import threading
 import time
+import weakref
 from typing import Any, Optional
 
 from broker import codec
@@ -50,6 +52,7 @@ class DeploymentHandle:
         self._result_ttl_ms = _result_ttl_ms
         self._method_name = _method_name
         self._stream = _stream
+        self._client: Optional[CallClient] = None
 
     @property
     def deployment_name(self) -> str:
@@ -94,7 +97,10 @@ class DeploymentHandle:
             raise NotImplementedError(
                 "Streaming handle calls (options(stream=True)) are not available yet in mqserve; "
                 "call the method without stream=True.")
-        client = get_client(self._redis_url, Keys(self._namespace), result_ttl_ms=self._result_ttl_ms)
+        client = self._client
+        if client is None or client.closed:
+            client = self._client = get_client(self._redis_url, Keys(self._namespace),
+                                               result_ttl_ms=self._result_ttl_ms)
         req_id = codec.new_request_id()
         refs: list[str] = []
         token = _collecting.set(refs)
@@ -133,16 +139,10 @@ class DeploymentResponse:
         self._future = future
         self._value: Any = _PENDING
         self._error: Optional[BaseException] = None
-        future.add_done_callback(self._on_done)
 
     @property
     def request_id(self) -> str:
         return self._req_id
-
-    def _on_done(self, future: concurrent.futures.Future[bytes]) -> None:
-        if future.cancelled():
-            self._client.forget(self._req_id)
-            self._client.cancel(self._app, self._dep, self._req_id, self._message)
 
     def _outcome(self, outcome: bytes) -> Any:
         if self._value is _PENDING and self._error is None:
@@ -185,19 +185,24 @@ class DeploymentResponse:
         return self._await().__await__()
 
     async def _await(self) -> Any:
+        if self._future.cancelled():
+            raise RequestCancelledError(f"Request {self._req_id} was cancelled.")
         try:
-            outcome = await asyncio.wrap_future(self._future)
+            outcome = await _on_this_loop(self._future)
             if outcome == DETACHED:
-                outcome = await asyncio.wrap_future(self._client.watch(self._req_id))
-        except concurrent.futures.CancelledError:
+                outcome = await _on_this_loop(self._client.watch(self._req_id))
+        except asyncio.CancelledError:
             if self._future.cancelled():
                 raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
+            self.cancel()  # the awaiting task was cancelled: cancel the call too
             raise
         return self._outcome(outcome)
 
     def cancel(self) -> None:
         """Cancel the call: a request no replica has taken yet is withdrawn and never runs."""
-        self._future.cancel()
+        if self._future.cancel():
+            self._client.forget(self._req_id)
+            self._client.cancel(self._app, self._dep, self._req_id, self._message)
 
     def __reduce__(self) -> Any:
         refs = _collecting.get()
@@ -224,6 +229,58 @@ class DeploymentResponseGenerator:
 
     def __init__(self, *_: Any, **__: Any) -> None:
         raise NotImplementedError("Streaming handle calls are not available yet in mqserve.")
+
+
+class _LoopBridge:
+    """Hands results from the listener thread to one event loop, one wake-up per batch.
+
+    ``asyncio.wrap_future`` wakes the loop (a self-pipe write) once per future; with
+    many calls in flight the replies arrive in batches, and so do the wake-ups here.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.ready: list[tuple[asyncio.Future[bytes], concurrent.futures.Future[bytes]]] = []
+
+    def post(self, target: asyncio.Future[bytes], source: concurrent.futures.Future[bytes]) -> None:
+        with self.lock:
+            self.ready.append((target, source))
+            first = len(self.ready) == 1
+        if first:
+            try:
+                self.loop.call_soon_threadsafe(self._flush)
+            except RuntimeError:  # the loop was closed meanwhile
+                pass
+
+    def _flush(self) -> None:
+        with self.lock:
+            ready, self.ready = self.ready, []
+        for target, source in ready:
+            if target.done():
+                continue
+            if source.cancelled():
+                target.cancel()
+            elif source.exception() is not None:
+                target.set_exception(source.exception())  # type: ignore[arg-type]
+            else:
+                target.set_result(source.result())
+
+
+_bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = weakref.WeakKeyDictionary()
+
+
+async def _on_this_loop(source: concurrent.futures.Future[bytes]) -> bytes:
+    """Await a concurrent future without a loop wake-up per future."""
+    if source.done():
+        return source.result()
+    loop = asyncio.get_running_loop()
+    bridge = _bridges.get(loop)
+    if bridge is None:
+        bridge = _bridges[loop] = _LoopBridge(loop)
+    target: asyncio.Future[bytes] = loop.create_future()
+    source.add_done_callback(lambda src: bridge.post(target, src))
+    return await target
 
 
 def _in_event_loop() -> bool:

@@ -147,6 +147,10 @@ class CallClient:
             self._waiters.pop(req_id, None)
             self._owners.pop(req_id, None)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def in_flight(self) -> int:
         with self._lock:
             return len(self._waiters)

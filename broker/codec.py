@@ -63,13 +63,25 @@ def decode_request(data: bytes) -> dict[str, Any]:
     return fields
 
 
+#: Types plain pickle handles exactly as cloudpickle does, ten times faster.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _dumps(obj: Any) -> bytes:
+    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    if all(type(a) in _PLAIN for a in args) and all(type(v) in _PLAIN for v in kwargs.values()):
+        return pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    return _dumps((args, kwargs))
 
 
 def encode_value(value: Any) -> bytes:
     """An outcome holding a return value; raises if the value cannot be pickled."""
-    return _OK + cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    if type(value) in _PLAIN:
+        return _OK + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return _OK + _dumps(value)
 
 
 @dataclass(frozen=True)
