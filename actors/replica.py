@@ -156,9 +156,9 @@ class Replica:
         """The Dramatiq actor: sync user code runs on this worker thread; async user code is
         handed to the event loop and its outcome written when it finishes, so this thread
         (and Dramatiq) is free for the next message meanwhile."""
+        message: Any = CurrentMessage.get_current_message()
         client = get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
         args, kwargs = load_call_args(client, payload, refs)
-        message: Any = CurrentMessage.get_current_message()
         result = self._method(method)(*args, **kwargs)
         if inspect.isawaitable(result):
             message.deferred = self._on_loop(result)

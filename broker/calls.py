@@ -54,6 +54,7 @@ class CallClient:
         self._shared: set[str] = set()
         self._unlink: list[str] = []
         self._outbox: list[_Op] = []
+        self._loop_pending: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._sender = threading.Thread(target=self._send_loop, name="mqserve-sender", daemon=True)
@@ -91,9 +92,11 @@ class CallClient:
         with self._lock:
             self._waiters.setdefault(req_id, []).append(fut)
             self._owners[req_id] = fut
-            if _in_event_loop():
-                # Never block an event loop on Redis: the sender thread pipelines it.
-                self._post(add, done)
+            loop = _running_loop()
+            if loop is not None:
+                # Never block an event loop on Redis: the sender thread pipelines it,
+                # together with the other calls this loop makes in the same step.
+                self._post_from_loop(loop, add, done)
                 return fut
         self._run_here(scripts.ENQUEUE, (dkey, qkey), args, done)
         return fut
@@ -115,8 +118,9 @@ class CallClient:
         with self._lock:
             self._waiters.setdefault(req_id, []).append(fut)
             self._shared.add(req_id)
-            if _in_event_loop():
-                self._post(add, done)
+            loop = _running_loop()
+            if loop is not None:
+                self._post_from_loop(loop, add, done)
                 return fut
         self._run_here(scripts.WATCH, (rkey, wkey), (self.inbox, self.result_ttl_ms), done)
         return fut
@@ -176,6 +180,25 @@ class CallClient:
             raise RuntimeError("this mqserve client is closed (serve.shutdown() was called)")
         self._outbox.append((add, done))
         if len(self._outbox) == 1:
+            self._wake.notify()
+
+    def _post_from_loop(self, loop: asyncio.AbstractEventLoop, add: Callable[[scripts.Batch], None],
+                        done: Callable[[Any], None]) -> None:
+        """Hold ops made during one step of ``loop`` and hand them over together when the
+        step ends, so that calls made back to back share one pipeline."""
+        # Caller holds self._lock.
+        pending = self._loop_pending.get(loop)
+        if pending is None:
+            pending = self._loop_pending[loop] = []
+            loop.call_soon(self._flush_loop, loop)
+        pending.append((add, done))
+
+    def _flush_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            ops = self._loop_pending.pop(loop, [])
+            if self._closed:
+                return
+            self._outbox.extend(ops)
             self._wake.notify()
 
     def _run_here(self, script: scripts.Script, keys: tuple[str, ...], args: tuple[Any, ...],
@@ -274,12 +297,11 @@ class CallClient:
             fut.set_result(DETACHED)
 
 
-def _in_event_loop() -> bool:
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
-    return True
+        return None
 
 
 _clients: dict[tuple[int, str, str], CallClient] = {}

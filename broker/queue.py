@@ -127,9 +127,11 @@ class _BlockingConsumer(Consumer):
                     return None
             free = self.prefetch - self.unfinished
         try:
-            if self.busy and free > 1:
+            if self.busy and free > 1 and self.unfinished > 1:
                 # Under load, take what is waiting in one round trip instead of one
-                # BLMOVE per message; when nothing waits, go back to blocking.
+                # BLMOVE per message; when nothing waits, go back to blocking. With a
+                # single request in hand the load is sequential: skip the extra round
+                # trip, which would only compete with that request for the GIL.
                 raws = scripts.TAKE(self.conn, (self.broker.queue_key, self.broker.processing_key), (free,))
                 self.busy = bool(raws)
             else:
