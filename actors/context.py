@@ -25,11 +25,11 @@ from broker.keys import Keys
 from broker.registry import Registry, RouteConflictError
 
 from ._local import LocalNode, LocalRedis
-from .config import ConfigError, DeploymentConfig, Settings
+from .config import ConfigError, Settings
 from .deployment import Application, DeploymentPlan, build_app
 from .exceptions import DeployFailedError, DeploymentUnavailableError, rebuild_remote_error
 from .handle import DeploymentHandle
-from .status import (ApplicationStatusOverview, ServeStatus, application_status, deployment_status)
+from .status import ServeStatus, collect_status
 
 logger = logging.getLogger("mqserve")
 
@@ -94,8 +94,12 @@ class ServeContext:
                 for rid, rec in reps.items():
                     if rec.get("version") == versions[dep] and rec.get("state") == "DEPLOY_FAILED":
                         raise self._constructor_error(app, dep, rid, rec)
-            if all(sum(1 for r in records[d].values() if r.get("version") == v and r.get("state") == "RUNNING")
-                   >= targets[d] for d, v in versions.items()):
+            ready = all(sum(1 for r in records[d].values() if r.get("version") == v and r.get("state") == "RUNNING")
+                        >= targets[d] for d, v in versions.items())
+            # An upgrade is done when older replicas no longer take requests.
+            retired = not any(r.get("version") != versions[d] and r.get("state") in ("STARTING", "RUNNING")
+                              for d in versions for r in records[d].values())
+            if ready and retired:
                 return
             if self.node is not None and not self.node.alive():
                 raise DeployFailedError("The local mqserve node process exited; see its output above.")
@@ -137,23 +141,7 @@ class ServeContext:
             pubsub.close()
 
     def status(self) -> ServeStatus:
-        out = ServeStatus()
-        for name, record in self.registry.apps().items():
-            deps = record["deployments"]
-            configs = self.registry.deployment_configs(name, deps)
-            records = self.registry.replica_sets(name, deps)
-            load = self.registry.load(name, deps, {d: list(records[d]) for d in deps})
-            statuses = {}
-            for dep in deps:
-                if dep not in configs:
-                    continue
-                version, config = configs[dep]
-                statuses[dep] = deployment_status(version, DeploymentConfig(**config).target_replicas,
-                                                  records[dep], load[dep])
-            status, message = application_status(statuses)
-            out.applications[name] = ApplicationStatusOverview(status, message, record.get("route_prefix"),
-                                                               record.get("ingress", ""), statuses)
-        return out
+        return collect_status(self.registry)
 
     def app_record(self, name: str) -> dict[str, Any]:
         record = self.registry.app(name)

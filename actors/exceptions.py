@@ -79,12 +79,12 @@ def _remote_subclass(cls: type) -> type:
 
 def _restore(cls: type, args: tuple[Any, ...], state: dict[str, Any], tb: str) -> BaseException:
     try:
-        exc = _bare_instance(cls, _remote_subclass(cls))
+        exc = _instance(cls, _remote_subclass(cls), args)
         exc._mq_remote_traceback = tb  # type: ignore[attr-defined]
     except TypeError:
         # Classes that refuse subclassing keep their own type; the traceback then
         # travels as a note.
-        exc = _bare_instance(cls, cls)
+        exc = _instance(cls, cls, args)
         if hasattr(exc, "add_note"):  # Python 3.11+
             exc.add_note(f"Remote traceback (most recent call last):\n{tb}")
     exc.args = args
@@ -92,8 +92,13 @@ def _restore(cls: type, args: tuple[Any, ...], state: dict[str, Any], tb: str) -
     return exc
 
 
-def _bare_instance(cls: type, target: type) -> BaseException:
-    """An instance of ``target`` made without running ``__init__`` (its signature is the user's)."""
+def _instance(cls: type, target: type, args: tuple[Any, ...]) -> BaseException:
+    """An instance of ``target`` built as unpickling builds exceptions (``cls(*args)``), or,
+    if the class's constructor refuses its own args, without running ``__init__``."""
+    try:
+        return target(*args)  # type: ignore[no-any-return]
+    except Exception:
+        pass
     try:
         return cls.__new__(target)  # type: ignore[no-any-return]
     except TypeError:

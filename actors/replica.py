@@ -112,8 +112,8 @@ class Replica:
         self._record("RUNNING")
         logger.info("replica %s of %s/%s is serving", self.replica_id, self.app, self.deployment)
         self.stop_requested.wait()
+        broker.draining.set()  # before STOPPING is visible: a deploy waiting on it may return
         self._record("STOPPING")
-        broker.draining.set()
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
         broker.close()
         if self.loop_thread is not None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
+
+from broker.registry import Registry
+
+from .config import DeploymentConfig
 
 
 @dataclass
@@ -34,6 +38,29 @@ class ApplicationStatusOverview:
 @dataclass
 class ServeStatus:
     applications: dict[str, ApplicationStatusOverview] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def collect_status(registry: Registry) -> ServeStatus:
+    """Read every application's state from the registry."""
+    out = ServeStatus()
+    for name, record in registry.apps().items():
+        deps = record["deployments"]
+        configs = registry.deployment_configs(name, deps)
+        records = registry.replica_sets(name, deps)
+        load = registry.load(name, deps, {d: list(records[d]) for d in deps})
+        statuses = {}
+        for dep in deps:
+            if dep in configs:
+                version, config = configs[dep]
+                statuses[dep] = deployment_status(version, DeploymentConfig(**config).target_replicas,
+                                                  records[dep], load[dep])
+        status, message = application_status(statuses)
+        out.applications[name] = ApplicationStatusOverview(status, message, record.get("route_prefix"),
+                                                           record.get("ingress", ""), statuses)
+    return out
 
 
 def deployment_status(version: str, target: int, records: dict[str, dict[str, Any]],

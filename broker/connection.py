@@ -8,6 +8,11 @@ from redis.retry import Retry
 
 #: Seconds to wait for a TCP (or TLS) connection to Redis before giving up.
 CONNECT_TIMEOUT_S = 5.0
+#: Attempts after a failed command before it raises (long outages are ridden out by
+#: the loops that own connections, not by blocking one command for long).
+CONNECT_RETRIES = 3
+#: Longest pause between two attempts, in seconds.
+CONNECT_RETRY_CAP_S = 0.5
 
 
 def connect(url: str, *, max_connections: int | None = None, client_name: str | None = None) -> redis.Redis:
@@ -17,7 +22,7 @@ def connect(url: str, *, max_connections: int | None = None, client_name: str | 
     by reconnecting. Socket reads have no timeout because blocking commands
     (BLMOVE, BLPOP) carry their own. ``client_name`` shows in ``CLIENT LIST``.
     """
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.01), retries=8)
+    retry = Retry(ExponentialBackoff(cap=CONNECT_RETRY_CAP_S, base=0.02), retries=CONNECT_RETRIES)
     options: dict[str, object] = {
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "socket_timeout": None,

@@ -141,6 +141,10 @@ class _BlockingConsumer(Consumer):
                 self.busy = raw is not None
         except redis.RedisError as e:
             raise BrokerConnectionError(str(e)) from e
+        if raws and self.broker.draining.is_set():
+            # Stopping: whatever a blocked fetch returned goes back for another replica.
+            self._put_back(raws)
+            return None
         for raw in raws:
             proxy = self._decode(raw)
             if proxy is not None:
@@ -203,16 +207,16 @@ class _BlockingConsumer(Consumer):
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Put taken-but-unstarted messages back at the head of the queue."""
         raws = [m.raw for m in messages]  # type: ignore[attr-defined]
-        if not raws:
-            return
+        if raws:
+            self._put_back(raws)
+            self._release(len(raws))
+
+    def _put_back(self, raws: list[bytes]) -> None:
         pipe = self.broker.client.pipeline()
         for raw in raws:
             pipe.lrem(self.broker.processing_key, 1, raw)
             pipe.rpush(self.broker.queue_key, raw)
         pipe.execute()
-        with self.slots:
-            self.unfinished -= len(raws)
-            self.slots.notify_all()
 
     def close(self) -> None:
         try:

@@ -1,0 +1,49 @@
+"""Remote exceptions come back as instances of their own class, with the remote traceback."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from actors.exceptions import (BackPressureError, RemoteError, RequestCancelledError,
+                               rebuild_remote_error)
+
+
+class Custom(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"code {code}")
+        self.code = code
+
+
+def test_rebuilt_error_is_an_instance_with_attributes_and_traceback() -> None:
+    err = rebuild_remote_error(Custom(7), Custom, "Custom", "code 7", "Traceback: line 1")
+    assert isinstance(err, Custom)
+    assert err.code == 7  # type: ignore[attr-defined]
+    assert type(err).__name__ == "Custom"
+    assert "code 7" in str(err) and "Traceback: line 1" in str(err)
+    with pytest.raises(Custom):
+        raise err
+
+
+def test_rebuilt_error_pickles_again() -> None:
+    err = rebuild_remote_error(ValueError("v"), ValueError, "ValueError", "v", "tb")
+    again = pickle.loads(pickle.dumps(err))
+    assert isinstance(again, ValueError) and "tb" in str(again)
+
+
+def test_os_errors_and_type_only_fallbacks() -> None:
+    err = rebuild_remote_error(FileNotFoundError(2, "nope"), FileNotFoundError, "x", "y", "tb")
+    assert isinstance(err, FileNotFoundError) and err.errno == 2
+    only_type = rebuild_remote_error(None, KeyError, "KeyError", "'k'", "tb")
+    assert isinstance(only_type, KeyError)
+    unknown = rebuild_remote_error(None, None, "mod.Gone", "message", "tb")
+    assert isinstance(unknown, RemoteError) and "mod.Gone: message" in str(unknown)
+
+
+def test_serve_errors_pickle_and_cancelled_is_asyncio_cancelled() -> None:
+    import asyncio
+
+    err = pickle.loads(pickle.dumps(BackPressureError("full")))
+    assert str(err) == "full"
+    assert isinstance(RequestCancelledError("x"), asyncio.CancelledError)
