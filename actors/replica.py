@@ -123,7 +123,7 @@ class Replica:
 
     def _construct(self, blob: bytes, config: DeploymentConfig) -> None:
         func_or_class, args, kwargs = cloudpickle.loads(blob)
-        self.loop_thread = EventLoopThread(logger)
+        self.loop_thread = EventLoopThread(logging.getLogger("mqserve.replica.loop"))
         self.loop_thread.start(timeout=10)
         if inspect.isclass(func_or_class):
             self.target = func_or_class(*args, **kwargs)
@@ -215,7 +215,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--result-ttl-ms", type=int, required=True)
     opts = parser.parse_args(argv)
     level = os.environ.get("MQSERVE_LOG_LEVEL", "INFO").upper()
-    logging.getLogger("dramatiq").setLevel(level if level == "DEBUG" else "WARNING")
+    quiet = level if level == "DEBUG" else "WARNING"
+    logging.getLogger("dramatiq").setLevel(quiet)
+    logging.getLogger("mqserve.replica.loop").setLevel(quiet)
     logging.basicConfig(level=level,
                         format=f"%(asctime)s {opts.replica_id} %(levelname)s %(name)s: %(message)s")
     replica = Replica(url=opts.redis_url, namespace=opts.namespace, app=opts.app, deployment=opts.deployment,

