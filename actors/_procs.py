@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import sys
+from typing import Callable
 
 _PR_SET_PDEATHSIG = 1
 
@@ -21,3 +22,15 @@ def child_preexec() -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         except (OSError, AttributeError):
             pass
+
+
+def on_stdin_eof(callback: Callable[[], None]) -> None:
+    """Block until stdin closes, then call ``callback``: a parent that owns us holds our
+    stdin open, so EOF means it is gone. Reads the raw descriptor, not ``sys.stdin``,
+    whose buffer lock would abort the interpreter at exit."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    callback()

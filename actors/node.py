@@ -24,7 +24,7 @@ from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry
 
-from ._procs import child_preexec
+from ._procs import child_preexec, on_stdin_eof
 from .config import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, Settings
 from .controller import Controller
 
@@ -137,15 +137,6 @@ class Node:
             logger.info("node %s could not clean its records: %s", self.node_id, e)
 
 
-def _watch_stdin(node: Node) -> None:
-    try:
-        while os.read(0, 4096):
-            pass
-    except OSError:
-        pass
-    node.request_stop()
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(prog="python -m actors.node")
@@ -164,7 +155,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
     signal.signal(signal.SIGINT, lambda *_: node.request_stop())
     if opts.watch_stdin:
-        threading.Thread(target=_watch_stdin, args=(node,), daemon=True).start()
+        threading.Thread(target=on_stdin_eof, args=(node.request_stop,), daemon=True).start()
     node.run()
     return 0
 

@@ -34,6 +34,7 @@ from broker.keys import Keys
 from broker.queue import ServeBroker
 from broker.registry import Registry
 
+from ._procs import on_stdin_eof
 from .config import DeploymentConfig
 from .handle import load_call_args
 
@@ -198,16 +199,6 @@ async def _as_coroutine(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _watch_parent(stop: threading.Event) -> None:
-    """The node keeps our stdin open; EOF means it is gone, so stop."""
-    try:
-        while os.read(0, 4096):
-            pass
-    except OSError:
-        pass
-    stop.set()
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.replica")
     for name in ("redis-url", "namespace", "app", "deployment", "replica-id", "version", "node-id"):
@@ -225,7 +216,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                       result_ttl_ms=opts.result_ttl_ms)
     signal.signal(signal.SIGTERM, lambda *_: replica.stop_requested.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(replica.stop_requested,), daemon=True).start()
+    threading.Thread(target=on_stdin_eof, args=(replica.stop_requested.set,), daemon=True).start()
     return replica.run()
 
 
