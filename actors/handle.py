@@ -109,7 +109,7 @@ class DeploymentHandle:
         finally:
             _collecting.reset(token)
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
-                                       refs=tuple(refs), reply_to=client.inbox)
+                                       refs=tuple(refs), reply_to=client.reply_inbox())
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs))
         return DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future)
 
@@ -232,11 +232,9 @@ class DeploymentResponseGenerator:
 
 
 class _LoopBridge:
-    """Hands results from the listener thread to one event loop, one wake-up per batch.
-
-    ``asyncio.wrap_future`` wakes the loop (a self-pipe write) once per future; with
-    many calls in flight the replies arrive in batches, and so do the wake-ups here.
-    """
+    """Hands results to one event loop: directly when the loop's own listener resolved
+    them, else from another thread with one wake-up per batch (``asyncio.wrap_future``
+    wakes the loop, a self-pipe write, once per future)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -244,6 +242,9 @@ class _LoopBridge:
         self.ready: list[tuple[asyncio.Future[bytes], concurrent.futures.Future[bytes]]] = []
 
     def post(self, target: asyncio.Future[bytes], source: concurrent.futures.Future[bytes]) -> None:
+        if asyncio._get_running_loop() is self.loop:  # resolved by this loop's own listener
+            _copy_state(target, source)
+            return
         with self.lock:
             self.ready.append((target, source))
             first = len(self.ready) == 1
@@ -257,14 +258,18 @@ class _LoopBridge:
         with self.lock:
             ready, self.ready = self.ready, []
         for target, source in ready:
-            if target.done():
-                continue
-            if source.cancelled():
-                target.cancel()
-            elif source.exception() is not None:
-                target.set_exception(source.exception())  # type: ignore[arg-type]
-            else:
-                target.set_result(source.result())
+            _copy_state(target, source)
+
+
+def _copy_state(target: asyncio.Future[bytes], source: concurrent.futures.Future[bytes]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())  # type: ignore[arg-type]
+    else:
+        target.set_result(source.result())
 
 
 _bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = weakref.WeakKeyDictionary()

@@ -1,10 +1,20 @@
 """The caller's side of the request path: send requests, multiplex their replies.
 
-One :class:`CallClient` per process and Redis: a sender thread flushes queued requests
-in one pipeline per wake-up, and a listener thread blocks on the process's inbox list,
-where replicas push ``request id + outcome``. Thousands of calls in flight therefore use
-two connections, not one per call. A request's outcome also stays under its result key
-until its TTL, so a chained call on another replica can read it (see ``watch``).
+One :class:`CallClient` per process and Redis. Replicas push ``request id + outcome``
+to the caller's inbox list; one listener per inbox resolves the futures of any number
+of calls in flight, so a process uses a handful of connections, not one per call.
+
+Two ways in, chosen by where the call is made:
+
+- a plain thread sends its request itself (it would wait for the reply anyway), and a
+  listener thread serves the process's thread inbox;
+- code running on an event loop gets a :class:`_LoopChannel` for that loop: an asyncio
+  connection, an inbox and a listener task of its own. Calls made during one step of
+  the loop go out in one pipeline, and their replies resolve on the loop itself, with
+  no hop through another thread.
+
+A request's outcome also stays under its result key until its TTL, so a chained call
+on another replica can read it (see ``watch``).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import asyncio
 import logging
 import os
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
@@ -22,20 +33,23 @@ from actors.exceptions import BackPressureError, DeploymentUnavailableError
 
 from . import scripts
 from .codec import REQUEST_ID_LEN, new_request_id
-from .connection import connect
+from .connection import connect, connect_async
 from .keys import Keys
 
 logger = logging.getLogger(__name__)
 
-#: Seconds the listener blocks on its inbox before checking whether it should stop.
+#: Seconds a listener blocks on its inbox before checking whether it should stop.
 LISTEN_BLOCK_S = 1.0
-#: Most replies taken from the inbox in one round trip.
+#: Most replies taken from an inbox in one round trip.
 REPLY_BATCH = 512
+#: Seconds a listener waits before retrying after losing Redis.
+RECONNECT_PAUSE_S = 0.5
 
 #: What a caller's own future resolves to when the value went only to the result key.
 DETACHED = b""
 
-_Op = tuple[Callable[[scripts.Batch], None], Callable[[Any], None]]
+_Add = Callable[[scripts.Batch], None]
+_Done = Callable[[Any], None]
 
 
 class CallClient:
@@ -52,17 +66,18 @@ class CallClient:
         self._waiters: dict[str, list[Future[bytes]]] = {}
         self._owners: dict[str, Future[bytes]] = {}
         self._shared: set[str] = set()
-        self._unlink: list[str] = []
-        self._outbox: list[_Op] = []
-        self._loop_pending: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
-        self._wake = threading.Condition(self._lock)
+        self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopChannel] = \
+            weakref.WeakKeyDictionary()
         self._closed = False
-        self._sender = threading.Thread(target=self._send_loop, name="mqserve-sender", daemon=True)
         self._listener = threading.Thread(target=self._listen_loop, name="mqserve-listener", daemon=True)
-        self._sender.start()
         self._listener.start()
 
     # Public ---------------------------------------------------------------------------
+    def reply_inbox(self) -> str:
+        """The inbox replies to a call made here should go to (this loop's, or the threads')."""
+        loop = _running_loop()
+        return self.inbox if loop is None else self._channel(loop).inbox
+
     def submit(self, app: str, dep: str, req_id: str, message: bytes,
                consumes: tuple[str, ...] = ()) -> Future[bytes]:
         """Queue ``message`` for deployment ``app/dep``; the future gets its outcome bytes.
@@ -90,39 +105,32 @@ class CallClient:
                     "max_queued_requests requests waiting. Retry later or raise max_queued_requests."))
 
         with self._lock:
+            self._check_open()
             self._waiters.setdefault(req_id, []).append(fut)
             self._owners[req_id] = fut
-            loop = _running_loop()
-            if loop is not None:
-                # Never block an event loop on Redis: the sender thread pipelines it,
-                # together with the other calls this loop makes in the same step.
-                self._post_from_loop(loop, add, done)
-                return fut
-        self._run_here(scripts.ENQUEUE, (dkey, qkey), args, done)
+        self._send(add, done)
         return fut
 
     def watch(self, req_id: str) -> Future[bytes]:
         """A future for the outcome of any request, by id (for chained calls)."""
         fut: Future[bytes] = Future()
         rkey, wkey = self.keys.result(req_id), self.keys.watchers(req_id)
+        inbox = self.reply_inbox()
 
         def add(batch: scripts.Batch) -> None:
-            batch.script(scripts.WATCH, (rkey, wkey), (self.inbox, self.result_ttl_ms))
+            batch.script(scripts.WATCH, (rkey, wkey), (inbox, self.result_ttl_ms))
 
         def done(res: Any) -> None:
             if isinstance(res, Exception):
                 self._fail(req_id, ConnectionError(f"could not reach Redis to read a result: {res}"))
             elif res is not None:
-                self._resolve(req_id, res)
+                self._deliver(req_id, res)
 
         with self._lock:
+            self._check_open()
             self._waiters.setdefault(req_id, []).append(fut)
             self._shared.add(req_id)
-            loop = _running_loop()
-            if loop is not None:
-                self._post_from_loop(loop, add, done)
-                return fut
-        self._run_here(scripts.WATCH, (rkey, wkey), (self.inbox, self.result_ttl_ms), done)
+        self._send(add, done)
         return fut
 
     def cancel(self, app: str, dep: str, req_id: str, message: bytes) -> Future[bool]:
@@ -136,8 +144,7 @@ class CallClient:
         def done(res: Any) -> None:
             fut.set_result(res == 1)
 
-        with self._lock:
-            self._post(add, done)
+        self._send(add, done)
         return fut
 
     def share(self, req_id: str) -> None:
@@ -164,53 +171,44 @@ class CallClient:
             if self._closed:
                 return
             self._closed = True
-            self._wake.notify_all()
+            channels = list(self._channels.values())
+        for channel in channels:
+            channel.close()
         try:
-            self._redis.lpush(self.inbox, b"")
+            self._redis.lpush(self.inbox, b"")  # wake the listener thread
         except redis.RedisError:
             pass
-        self._sender.join(timeout=2)
         self._listener.join(timeout=2)
         self._redis.close()
 
-    # Internals ----------------------------------------------------------------------------
-    def _post(self, add: Callable[[scripts.Batch], None], done: Callable[[Any], None]) -> None:
-        # Caller holds self._lock.
+    # Sending ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this mqserve client is closed (serve.shutdown() was called)")
-        self._outbox.append((add, done))
-        if len(self._outbox) == 1:
-            self._wake.notify()
 
-    def _post_from_loop(self, loop: asyncio.AbstractEventLoop, add: Callable[[scripts.Batch], None],
-                        done: Callable[[Any], None]) -> None:
-        """Hold ops made during one step of ``loop`` and hand them over together when the
-        step ends, so that calls made back to back share one pipeline."""
-        # Caller holds self._lock.
-        pending = self._loop_pending.get(loop)
-        if pending is None:
-            pending = self._loop_pending[loop] = []
-            loop.call_soon(self._flush_loop, loop)
-        pending.append((add, done))
-
-    def _flush_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _channel(self, loop: asyncio.AbstractEventLoop) -> "_LoopChannel":
         with self._lock:
-            ops = self._loop_pending.pop(loop, [])
-            if self._closed:
-                return
-            self._outbox.extend(ops)
-            self._wake.notify()
+            channel = self._channels.get(loop)
+            if channel is None or channel.stopped:
+                channel = self._channels[loop] = _LoopChannel(self, loop)
+            return channel
 
-    def _run_here(self, script: scripts.Script, keys: tuple[str, ...], args: tuple[Any, ...],
-                  done: Callable[[Any], None]) -> None:
-        """Run a script on the calling thread: a plain thread waits for the reply anyway,
-        so sending from here saves a hop through the sender thread."""
+    def _send(self, add: _Add, done: _Done) -> None:
+        loop = _running_loop()
+        if loop is not None:
+            # Never block an event loop on Redis.
+            self._channel(loop).post(add, done)
+            return
+        # A plain thread would wait for the reply anyway: send from here.
+        batch = scripts.Batch()
+        add(batch)
         try:
-            res = script(self._redis, keys, args)
+            res = batch.execute(self._redis)[0]
         except redis.RedisError as e:
             res = e
         done(res)
 
+    # Receiving ----------------------------------------------------------------------------
     def _fail(self, req_id: str, exc: BaseException) -> None:
         with self._lock:
             waiters = self._waiters.pop(req_id, ())
@@ -219,71 +217,25 @@ class CallClient:
             if not fut.done():
                 fut.set_exception(exc)
 
-    def _resolve(self, req_id: str, outcome: bytes) -> None:
+    def _deliver(self, req_id: str, outcome: bytes) -> Optional[str]:
+        """Resolve every waiter of ``req_id``; returns its result key if nobody else needs it."""
         with self._lock:
             waiters = self._waiters.pop(req_id, ())
             self._owners.pop(req_id, None)
-            if req_id in self._shared:
-                self._shared.discard(req_id)
-            else:
-                self._unlink.append(self.keys.result(req_id))
+            shared = req_id in self._shared
+            self._shared.discard(req_id)
         for fut in waiters:
             if not fut.done():
                 fut.set_result(outcome)
+        return None if shared else self.keys.result(req_id)
 
-    def _send_loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._outbox and not self._closed:
-                    self._wake.wait()
-                if self._closed and not self._outbox:
-                    return
-                ops, self._outbox = self._outbox, []
-            batch = scripts.Batch()
-            for add, _ in ops:
-                add(batch)
-            try:
-                results = batch.execute(self._redis)
-            except redis.RedisError as e:
-                logger.warning("mqserve: sending %d request(s) to Redis failed: %s", len(ops), e)
-                results = [e] * len(ops)
-            for (_, done), res in zip(ops, results):
-                done(res)
-
-    def _listen_loop(self) -> None:
-        conn = self._redis
-        while not self._closed:
-            try:
-                item = conn.blpop([self.inbox], timeout=LISTEN_BLOCK_S)
-                if item is None:
-                    continue
-                items: Optional[list[bytes]] = [item[1]]
-                while items:
-                    for raw in items:
-                        self._dispatch(raw)
-                    items = self._drain()
-            except redis.RedisError as e:
-                if not self._closed:
-                    logger.warning("mqserve: reply listener lost Redis (%s); reconnecting", e)
-                    threading.Event().wait(0.5)
-
-    def _drain(self) -> Optional[list[bytes]]:
-        """Delete consumed result keys and take more replies, in one round trip."""
-        with self._lock:
-            unlink, self._unlink = self._unlink, []
-        pipe = self._redis.pipeline(transaction=False)
-        if unlink:
-            pipe.unlink(*unlink)
-        pipe.lpop(self.inbox, REPLY_BATCH)
-        return pipe.execute()[-1]
-
-    def _dispatch(self, raw: bytes) -> None:
+    def dispatch(self, raw: bytes) -> Optional[str]:
+        """Handle one inbox item; returns a result key the listener should delete."""
         if len(raw) < REQUEST_ID_LEN:
-            return  # a wake-up from close()
+            return None  # a wake-up from close()
         req_id = raw[:REQUEST_ID_LEN].decode()
         if len(raw) > REQUEST_ID_LEN:
-            self._resolve(req_id, raw[REQUEST_ID_LEN:])
-            return
+            return self._deliver(req_id, raw[REQUEST_ID_LEN:])
         # The value went to the result key only (the response was passed downstream):
         # release the caller's own future; awaiting it reads the key (see watch()).
         with self._lock:
@@ -295,6 +247,103 @@ class CallClient:
                     del self._waiters[req_id]
         if fut is not None and not fut.done():
             fut.set_result(DETACHED)
+        return None
+
+    def _listen_loop(self) -> None:
+        unlink: list[str] = []
+        while not self._closed:
+            try:
+                item = self._redis.blpop([self.inbox], timeout=LISTEN_BLOCK_S)
+                items: Optional[list[bytes]] = [item[1]] if item is not None else None
+                while items:
+                    unlink.extend(k for k in map(self.dispatch, items) if k)
+                    pipe = _drain(self._redis.pipeline(transaction=False), unlink, self.inbox)
+                    unlink = []
+                    items = _taken(pipe.execute(raise_on_error=False))
+            except redis.RedisError as e:
+                if not self._closed:
+                    logger.warning("mqserve: reply listener lost Redis (%s); reconnecting", e)
+                    threading.Event().wait(RECONNECT_PAUSE_S)
+
+
+class _LoopChannel:
+    """One event loop's way to Redis: its own inbox, connection and listener task."""
+
+    def __init__(self, client: CallClient, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.loop = loop
+        self.inbox = client.keys.inbox(new_request_id())
+        self.redis = connect_async(client.url, client_name=client.client_name)
+        self.pending: list[tuple[_Add, _Done]] = []
+        self.stopped = False
+        self.listener = loop.create_task(self._listen())
+
+    def post(self, add: _Add, done: _Done) -> None:
+        """Queue an op; everything posted during this loop step is sent as one pipeline."""
+        self.pending.append((add, done))
+        if len(self.pending) == 1:
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        ops, self.pending = self.pending, []
+        if ops:
+            self.loop.create_task(self._execute(ops))
+
+    async def _execute(self, ops: list[tuple[_Add, _Done]]) -> None:
+        batch = scripts.Batch()
+        for add, _ in ops:
+            add(batch)
+        try:
+            results = await batch.execute_async(self.redis)
+        except (redis.RedisError, OSError) as e:
+            results = [e] * len(ops)
+        for (_, done), res in zip(ops, results):
+            done(res)
+
+    async def _listen(self) -> None:
+        unlink: list[str] = []
+        try:
+            while not self.client.closed:
+                try:
+                    item = await self.redis.blpop([self.inbox], timeout=LISTEN_BLOCK_S)
+                    items: Optional[list[bytes]] = [item[1]] if item is not None else None
+                    while items:
+                        unlink.extend(k for k in map(self.client.dispatch, items) if k)
+                        pipe = _drain(self.redis.pipeline(transaction=False), unlink, self.inbox)
+                        unlink = []
+                        items = _taken(await pipe.execute(raise_on_error=False))
+                except (redis.RedisError, OSError) as e:
+                    logger.warning("mqserve: reply listener lost Redis (%s); reconnecting", e)
+                    await asyncio.sleep(RECONNECT_PAUSE_S)
+        finally:
+            self.stopped = True
+            try:
+                await self.redis.aclose()
+            except Exception:  # the loop may be closing under us
+                pass
+
+    def close(self) -> None:
+        """Stop the listener; safe from any thread."""
+        self.stopped = True
+        try:
+            self.loop.call_soon_threadsafe(self.listener.cancel)
+        except RuntimeError:  # loop already closed
+            pass
+
+
+def _drain(pipe: Any, unlink: list[str], inbox: str) -> Any:
+    """Delete consumed result keys and take more replies: one round trip."""
+    if unlink:
+        pipe.unlink(*unlink)
+    pipe.lpop(inbox, REPLY_BATCH)
+    return pipe
+
+
+def _taken(results: list[Any]) -> Optional[list[bytes]]:
+    """The replies LPOP took; raised only if that command itself failed (nothing taken)."""
+    if isinstance(results[-1], Exception):
+        raise results[-1]
+    return results[-1]  # type: ignore[no-any-return]
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
@@ -313,7 +362,7 @@ def get_client(url: str, keys: Keys, *, result_ttl_ms: int) -> CallClient:
     key = (os.getpid(), url, keys.ns)
     with _clients_lock:
         client = _clients.get(key)
-        if client is None:
+        if client is None or client.closed:
             client = _clients[key] = CallClient(url, keys, result_ttl_ms=result_ttl_ms)
         return client
 

@@ -22,15 +22,29 @@ def connect(url: str, *, max_connections: int | None = None, client_name: str | 
     by reconnecting. Socket reads have no timeout because blocking commands
     (BLMOVE, BLPOP) carry their own. ``client_name`` shows in ``CLIENT LIST``.
     """
-    retry = Retry(ExponentialBackoff(cap=CONNECT_RETRY_CAP_S, base=0.02), retries=CONNECT_RETRIES)
+    options = _options(url, client_name)
+    options["retry"] = Retry(ExponentialBackoff(cap=CONNECT_RETRY_CAP_S, base=0.02), retries=CONNECT_RETRIES)
+    options["max_connections"] = max_connections
+    return redis.Redis.from_url(url, **options)
+
+
+def connect_async(url: str, *, client_name: str | None = None) -> "redis.asyncio.Redis":
+    """The asyncio twin of :func:`connect`, for code running on an event loop."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    options = _options(url, client_name)
+    options["retry"] = AsyncRetry(ExponentialBackoff(cap=CONNECT_RETRY_CAP_S, base=0.02), retries=CONNECT_RETRIES)
+    return aioredis.Redis.from_url(url, **options)
+
+
+def _options(url: str, client_name: str | None) -> dict[str, object]:
     options: dict[str, object] = {
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "socket_timeout": None,
-        "retry": retry,
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
-        "max_connections": max_connections,
         "client_name": client_name,
     }
-    if not url.startswith("unix:"):
+    if not url.startswith("unix:"):  # keepalive is a TCP option
         options["socket_keepalive"] = True
-    return redis.Redis.from_url(url, **options)
+    return options

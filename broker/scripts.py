@@ -71,17 +71,33 @@ class Batch:
         self._calls.append((None, name, args))
 
     def execute(self, client: redis.Redis) -> list[Any]:
-        pipe = client.pipeline(transaction=False)
+        results = self._fill(client.pipeline(transaction=False)).execute(raise_on_error=False)
+        for i, script, args in self._noscript(results):
+            try:
+                results[i] = script(client, *args)
+            except redis.RedisError as e:
+                results[i] = e
+        return results
+
+    async def execute_async(self, client: Any) -> list[Any]:
+        """The same on a ``redis.asyncio`` client."""
+        results = await self._fill(client.pipeline(transaction=False)).execute(raise_on_error=False)
+        for i, script, (keys, args) in self._noscript(results):
+            try:
+                await client.script_load(script.source)
+                results[i] = await client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.RedisError as e:
+                results[i] = e
+        return results
+
+    def _fill(self, pipe: Any) -> Any:
         for script, name, args in self._calls:
             if script is None:
                 getattr(pipe, name)(*args)
             else:
                 script.queue(pipe, *args)
-        results = pipe.execute(raise_on_error=False)
-        for i, (script, _, args) in enumerate(self._calls):
-            if script is not None and isinstance(results[i], NoScriptError):
-                try:
-                    results[i] = script(client, *args)
-                except redis.RedisError as e:
-                    results[i] = e
-        return results
+        return pipe
+
+    def _noscript(self, results: list[Any]) -> list[tuple[int, Script, Any]]:
+        return [(i, script, args) for i, (script, _, args) in enumerate(self._calls)
+                if script is not None and isinstance(results[i], NoScriptError)]
