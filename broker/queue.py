@@ -12,6 +12,7 @@ replica's concurrency so queued work stays in Redis where any idle replica can t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import deque
@@ -24,7 +25,7 @@ from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.errors import BrokerConnectionError
 
 from . import codec, scripts
-from .connection import connect
+from .connection import connect, connect_async
 from .keys import Keys
 
 logger = logging.getLogger(__name__)
@@ -228,27 +229,73 @@ class _BlockingConsumer(Consumer):
 
 
 class _Completer:
-    """Writes the outcomes of deferred (event-loop) work, many per round trip."""
+    """Writes the outcomes of deferred (event-loop) work, many per round trip.
+
+    Outcomes reported on an event loop are written from that loop with an asyncio
+    connection (no thread hop); others go through the completer thread.
+    """
 
     def __init__(self, consumer: _BlockingConsumer) -> None:
         self.consumer = consumer
         self.pending: list[tuple[Any, bytes]] = []
         self.cond = threading.Condition()
         self.closed = False
+        self.on_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bytes]]] = {}
+        self.aio: dict[asyncio.AbstractEventLoop, Any] = {}
         self.thread = threading.Thread(target=self._run, name="mqserve-completer", daemon=True)
         self.thread.start()
 
     def post(self, message: Any, outcome: bytes) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._post_to_thread([(message, outcome)])
+            return
+        items = self.on_loop.setdefault(loop, [])
+        items.append((message, outcome))
+        if len(items) == 1:
+            loop.call_soon(self._flush_loop, loop)
+
+    def _flush_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        items = self.on_loop.pop(loop, [])
+        if items:
+            loop.create_task(self._write_on_loop(loop, items))
+
+    async def _write_on_loop(self, loop: asyncio.AbstractEventLoop, items: list[tuple[Any, bytes]]) -> None:
+        client = self.aio.get(loop)
+        if client is None:
+            client = self.aio[loop] = connect_async(self.consumer.broker.url)
+        batch = self._batch(items)
+        try:
+            results = await batch.execute_async(client)
+        except (redis.RedisError, OSError) as e:
+            results = [e]
+        if any(isinstance(r, (redis.ConnectionError, OSError)) for r in results):
+            self._post_to_thread(items)  # the thread retries until Redis is back
+            return
+        self.consumer._release(len(items))
+
+    def _post_to_thread(self, items: list[tuple[Any, bytes]]) -> None:
         with self.cond:
-            self.pending.append((message, outcome))
-            if len(self.pending) == 1:
-                self.cond.notify()
+            self.pending.extend(items)
+            self.cond.notify()
+
+    def _batch(self, items: list[tuple[Any, bytes]]) -> scripts.Batch:
+        batch = scripts.Batch()
+        for message, outcome in items:
+            self.consumer._complete(batch, message, outcome)
+        return batch
 
     def close(self) -> None:
         with self.cond:
             self.closed = True
             self.cond.notify()
         self.thread.join(timeout=5)
+        for loop, client in self.aio.items():
+            try:
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=2)
+            except Exception:  # the loop is already gone
+                pass
 
     def _run(self) -> None:
         while True:
@@ -258,11 +305,8 @@ class _Completer:
                 if not self.pending:
                     return
                 items, self.pending = self.pending, []
-            batch = scripts.Batch()
-            for message, outcome in items:
-                self.consumer._complete(batch, message, outcome)
             try:
-                results = batch.execute(self.consumer.broker.client)
+                results = self._batch(items).execute(self.consumer.broker.client)
             except redis.RedisError as e:
                 results = [e]
             if any(isinstance(r, redis.ConnectionError) for r in results):
