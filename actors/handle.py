@@ -17,7 +17,7 @@ import time
 import weakref
 from typing import Any, Optional
 
-from broker import codec
+from broker import codec, streams
 from broker.calls import DETACHED, CallClient, get_client
 from broker.keys import Keys
 
@@ -93,10 +93,6 @@ class DeploymentHandle:
 
     def remote(self, *args: Any, **kwargs: Any) -> "DeploymentResponse":
         """Call the deployment; returns at once with a response to await or ``.result()``."""
-        if self._stream:
-            raise NotImplementedError(
-                "Streaming handle calls (options(stream=True)) are not available yet in mqserve; "
-                "call the method without stream=True.")
         client = self._client
         if client is None or client.closed:
             client = self._client = get_client(self._redis_url, Keys(self._namespace),
@@ -108,6 +104,12 @@ class DeploymentHandle:
             payload = codec.encode_args(args, kwargs)
         finally:
             _collecting.reset(token)
+        if self._stream:
+            message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
+                                           refs=tuple(refs), stream=True)
+            future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
+                                   expect_reply=False)
+            return DeploymentResponseGenerator(client, self._deployment_name, req_id, future)  # type: ignore[return-value]
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                        refs=tuple(refs), reply_to=client.reply_inbox())
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs))
@@ -221,14 +223,97 @@ class DeploymentResponse:
 
 
 class DeploymentResponseGenerator:
-    """The streamed result of a ``handle.options(stream=True).remote()`` call.
-
-    Streaming is not available in this version of mqserve; the class exists so that
-    ported imports keep working.
+    """The streamed result of ``handle.options(stream=True).remote()``: iterate it with
+    ``for`` in sync code or ``async for`` in async code. Items arrive as the replica's
+    generator yields them. Stopping early (``break`` and dropping it, ``cancel()``)
+    stops the generator on the replica.
     """
 
-    def __init__(self, *_: Any, **__: Any) -> None:
-        raise NotImplementedError("Streaming handle calls are not available yet in mqserve.")
+    def __init__(self, client: CallClient, dep: str, req_id: str,
+                 queued: concurrent.futures.Future[bytes]) -> None:
+        self._client = client
+        self._dep = dep
+        self._req_id = req_id
+        self._queued = queued
+        self._stopped = False
+        self._ended = False
+        self._sync: Optional[Any] = None
+        self._async: Optional[Any] = None
+
+    @property
+    def request_id(self) -> str:
+        return self._req_id
+
+    def __iter__(self) -> "DeploymentResponseGenerator":
+        return self
+
+    def __next__(self) -> Any:
+        if _in_event_loop():
+            raise RuntimeError("Use `async for` on a DeploymentResponseGenerator inside an event loop; "
+                               "`for` would block it.")
+        if self._sync is None:
+            self._queued.result()  # raises if the call could not be queued
+            self._sync = self._items(self._client.stream_entries(self._req_id, self._is_stopped))
+        return next(self._sync)
+
+    def __aiter__(self) -> "DeploymentResponseGenerator":
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._async is None:
+            await _on_this_loop(self._queued)
+            self._async = self._aitems(self._client.stream_entries_async(self._req_id, self._is_stopped))
+        return await self._async.__anext__()
+
+    def _is_stopped(self) -> bool:
+        return self._stopped
+
+    def _items(self, entries: Any) -> Any:
+        try:
+            for fields in entries:
+                yield from self._decode(fields)
+                if self._ended:
+                    return
+        finally:
+            self._close()
+
+    async def _aitems(self, entries: Any) -> Any:
+        try:
+            async for fields in entries:
+                for item in self._decode(fields):
+                    yield item
+                if self._ended:
+                    return
+        finally:
+            self._close()
+
+    def _decode(self, fields: dict[bytes, bytes]) -> list[Any]:
+        if streams.ITEMS in fields:
+            return streams.decode_items(fields[streams.ITEMS])
+        self._ended = True
+        if streams.ERROR in fields:
+            _embedded_outcome(fields[streams.ERROR])
+        return []
+
+    def _close(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._client.end_stream(self._req_id, cancel=not self._ended)
+
+    def cancel(self) -> None:
+        """Stop reading and stop the generator on the replica."""
+        self._close()
+
+    def __del__(self) -> None:
+        try:
+            if not self._stopped and self._queued.done():
+                self._close()
+        except Exception:
+            pass
+
+    def __reduce__(self) -> Any:
+        raise ServeException("A DeploymentResponseGenerator cannot be passed to another call; "
+                             "iterate it and pass the items.")
 
 
 class _LoopBridge:

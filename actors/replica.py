@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import pickle
 import os
 import signal
 import sys
@@ -29,14 +30,17 @@ from dramatiq.middleware import CurrentMessage
 
 from broker import codec
 from broker.calls import close_clients, get_client
-from broker.connection import connect
+from broker.connection import connect, connect_async
 from broker.keys import Keys
-from broker.queue import ServeBroker
+from broker.queue import STREAMED, ServeBroker
 from broker.registry import Registry
+from broker.streams import StreamWriter
 
 from ._procs import on_stdin_eof
+from . import http
 from .config import DeploymentConfig
 from .handle import load_call_args
+from .streaming import drive
 
 logger = logging.getLogger("mqserve.replica")
 
@@ -90,6 +94,7 @@ class Replica:
         self.loop_thread: Optional[EventLoopThread] = None
         self.target: Any = None
         self.is_function = False
+        self.ingress: Optional[http.ASGIApp] = None
 
     def _record(self, state: str, **extra: Any) -> None:
         self.registry.set_replica(self.app, self.deployment, self.replica_id, {
@@ -117,15 +122,29 @@ class Replica:
         self._record("STOPPING")
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
         broker.close()
-        if self.loop_thread is not None:
-            self.loop_thread.stop()
         close_clients()
+        if self.loop_thread is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._quiesce(), self.loop_thread.loop).result(timeout=5)
+            except Exception as e:
+                logger.info("event loop did not wind down cleanly: %s", e)
+            self.loop_thread.stop()
         return 0
+
+    async def _quiesce(self) -> None:
+        """Cancel what still runs on the loop and close its connections before it stops."""
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.aio.aclose()
 
     def _construct(self, blob: bytes, config: DeploymentConfig) -> None:
         func_or_class, args, kwargs = cloudpickle.loads(blob)
         self.loop_thread = EventLoopThread(logging.getLogger("mqserve.replica.loop"))
         self.loop_thread.start(timeout=10)
+        self.aio = connect_async(self.url)  # used on the loop only
         if inspect.isclass(func_or_class):
             self.target = func_or_class(*args, **kwargs)
             reconfigure = getattr(self.target, "reconfigure", None)
@@ -158,6 +177,12 @@ class Replica:
         handed to the event loop and its outcome written when it finishes, so this thread
         (and Dramatiq) is free for the next message meanwhile."""
         message: Any = CurrentMessage.get_current_message()
+        if message.options.get("http"):
+            message.deferred = self._http(message, payload)
+            return
+        if message.options.get("stream"):
+            message.deferred = self._stream(message, method, payload, refs)
+            return
         client = get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
         args, kwargs = load_call_args(client, payload, refs)
         result = self._method(method)(*args, **kwargs)
@@ -165,6 +190,64 @@ class Replica:
             message.deferred = self._on_loop(result)
         else:
             message.return_value = result
+
+    def _writer(self, message: Any) -> StreamWriter:
+        assert self.loop_thread is not None
+        return StreamWriter(self.aio, self.keys, message.message_id, self.loop_thread.loop, self.result_ttl_ms,
+                            inbox=message.options.get("reply_to", ""))
+
+    def _stream(self, message: Any, method: str, payload: bytes,
+                refs: tuple[str, ...]) -> "concurrent.futures.Future[bytes]":
+        """A generator call: its items, or its error, go to the request's stream."""
+        assert self.loop_thread is not None
+        writer = self._writer(message)
+        what = f"Method '{method}' of deployment '{self.deployment}'"
+        try:
+            client = get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
+            args, kwargs = load_call_args(client, payload, refs)
+            return drive(self._method(method)(*args, **kwargs), writer, self.loop_thread.loop, what)
+        except Exception as e:
+            logger.error("%s failed", what, exc_info=e)
+            writer.finish(codec.encode_error(e))
+            writer.done.result()
+            done: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+            done.set_result(STREAMED)
+            return done
+
+    def _http(self, message: Any, payload: bytes) -> "concurrent.futures.Future[bytes]":
+        """An HTTP request from the gateway, run through the ingress on the event loop."""
+        assert self.loop_thread is not None
+        (snapshot,), _ = pickle.loads(payload)
+        app = self._asgi_app()
+        task_box: list[Any] = []
+
+        def open_stream() -> StreamWriter:
+            writer = self._writer(message)
+            writer.on_cancel = lambda: task_box[0].cancel()
+            return writer
+
+        task = asyncio.run_coroutine_threadsafe(http.serve(app, snapshot, open_stream), self.loop_thread.loop)
+        task_box.append(task)
+        outcome: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+
+        def done(t: "concurrent.futures.Future[bytes]") -> None:
+            try:
+                outcome.set_result(t.result())
+            except BaseException as e:
+                logger.error("HTTP request to deployment '%s' failed", self.deployment, exc_info=e)
+                outcome.set_result(codec.encode_error(e))
+
+        task.add_done_callback(done)
+        return outcome
+
+    def _asgi_app(self) -> http.ASGIApp:
+        if self.ingress is None:
+            ingress = getattr(type(self.target), "_mq_ingress_app", None)
+            if ingress is not None and not self.is_function:
+                self.ingress = http.bind_ingress(ingress, type(self.target), self.target)
+            else:
+                self.ingress = http.call_as_asgi(self._method("__call__"))
+        return self.ingress
 
     def _on_loop(self, awaitable: Any) -> "concurrent.futures.Future[bytes]":
         assert self.loop_thread is not None

@@ -25,13 +25,13 @@ import os
 import threading
 import weakref
 from concurrent.futures import Future
-from typing import Any, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
 import redis
 
 from actors.exceptions import BackPressureError, DeploymentUnavailableError
 
-from . import scripts
+from . import scripts, streams
 from .codec import REQUEST_ID_LEN, new_request_id
 from .connection import connect, connect_async
 from .keys import Keys
@@ -79,11 +79,13 @@ class CallClient:
         return self.inbox if loop is None else self._channel(loop).inbox
 
     def submit(self, app: str, dep: str, req_id: str, message: bytes,
-               consumes: tuple[str, ...] = ()) -> Future[bytes]:
+               consumes: tuple[str, ...] = (), *, expect_reply: bool = True) -> Future[bytes]:
         """Queue ``message`` for deployment ``app/dep``; the future gets its outcome bytes.
 
         ``consumes`` are ids of responses passed as arguments: their values will go to
         their result keys only, and their own futures resolve to :data:`DETACHED`.
+        Without ``expect_reply`` (streamed calls) the future resolves once the request
+        is queued.
         """
         fut: Future[bytes] = Future()
         qkey, dkey = self.keys.queue(app, dep), self.keys.deployment(app, dep)
@@ -103,11 +105,16 @@ class CallClient:
                 self._fail(req_id, BackPressureError(
                     f"Request dropped: deployment '{dep}' of application '{app}' already has "
                     "max_queued_requests requests waiting. Retry later or raise max_queued_requests."))
+            elif not expect_reply:
+                self._deliver(req_id, b"")
 
         with self._lock:
             self._check_open()
             self._waiters.setdefault(req_id, []).append(fut)
-            self._owners[req_id] = fut
+            if expect_reply:
+                self._owners[req_id] = fut
+            else:
+                self._shared.add(req_id)  # no result key to delete
         self._send(add, done)
         return fut
 
@@ -157,6 +164,24 @@ class CallClient:
         with self._lock:
             self._waiters.pop(req_id, None)
             self._owners.pop(req_id, None)
+
+    def stream_entries(self, req_id: str, stopped: Callable[[], bool]) -> Iterator[dict[bytes, bytes]]:
+        """Entries of a streamed response, from this thread (blocks in XREAD)."""
+        return streams.read(self._redis, self.keys, req_id, stopped)
+
+    def stream_entries_async(self, req_id: str, stopped: Callable[[], bool]) -> AsyncIterator[dict[bytes, bytes]]:
+        """Entries of a streamed response, on the running event loop."""
+        channel = self._channel(asyncio.get_running_loop())
+        return streams.read_async(channel.redis, self.keys, req_id, stopped)
+
+    def end_stream(self, req_id: str, *, cancel: bool) -> None:
+        """Delete a stream after reading it; ``cancel`` asks its writer to stop first."""
+        loop = _running_loop()
+        if loop is None:
+            streams.stop_reading(self._redis, self.keys, req_id, cancel=cancel, ttl_ms=self.result_ttl_ms)
+        else:
+            loop.create_task(streams.stop_reading_async(self._channel(loop).redis, self.keys, req_id,
+                                                        cancel=cancel, ttl_ms=self.result_ttl_ms))
 
     @property
     def closed(self) -> bool:

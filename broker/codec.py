@@ -39,15 +39,21 @@ def encode_request(
     payload: bytes,
     refs: tuple[str, ...] = (),
     reply_to: str = "",
+    stream: bool = False,
+    http: bool = False,
 ) -> bytes:
-    """The queued form of one call; ``reply_to`` is the caller's inbox key."""
+    """The queued form of one call; ``reply_to`` is the caller's inbox key.
+
+    ``stream``: the outcome goes to the request's stream (a generator call).
+    ``http``: the payload is an HTTP request snapshot for the ingress (see gateway).
+    """
     return pickle.dumps(
         {
             "queue_name": REQUEST_QUEUE,
             "actor_name": REQUEST_ACTOR,
             "args": (method, payload, refs),
             "kwargs": {},
-            "options": {"reply_to": reply_to},
+            "options": {"reply_to": reply_to, "stream": stream, "http": http},
             "message_id": req_id,
             "message_timestamp": int(time.time() * 1000),
         },

@@ -59,6 +59,11 @@ class Keys:
         to the result key, and the caller's inbox gets just the request id."""
         return f"{self.ns}:detached:{req_id}"
 
+    def stream(self, req_id: str) -> str:
+        """STREAM of a streamed response: entries ``d`` (items), ``h`` (HTTP head), ``e``
+        (error outcome), ``end``; expires, deleted by the reader at the end."""
+        return f"{self.ns}:stream:{req_id}"
+
     def cancelled(self, req_id: str) -> str:
         """STRING set when a caller cancels a request that a replica already took."""
         return f"{self.ns}:cancel:{req_id}"

@@ -31,6 +31,10 @@ from .keys import Keys
 logger = logging.getLogger(__name__)
 
 
+#: The outcome of a streamed request: its items and errors went to its stream.
+STREAMED = b""
+
+
 class _Proxy(MessageProxy):
     """A message plus the exact bytes it was queued as (needed to remove it by value).
 
@@ -198,7 +202,8 @@ class _BlockingConsumer(Consumer):
         batch.script(scripts.COMPLETE,
                      (keys.result(req_id), keys.watchers(req_id), self.broker.processing_key,
                       message.options.get("reply_to", ""), keys.detached(req_id)),
-                     (req_id, outcome, self.broker.result_ttl_ms, message.raw))
+                     (req_id, outcome, self.broker.result_ttl_ms, message.raw,
+                      0 if outcome == STREAMED else 1))
 
     def _release(self, n: int) -> None:
         with self.slots:

@@ -133,7 +133,7 @@ class Registry:
             batch.script(scripts.COMPLETE,
                          (self.keys.result(req_id), self.keys.watchers(req_id), self.keys.pattern("none"), reply_to,
                           self.keys.detached(req_id)),
-                         (req_id, outcome, result_ttl_ms, b""))
+                         (req_id, outcome, result_ttl_ms, b"", 1))
         if len(batch):
             batch.execute(self.redis)
 

@@ -8,23 +8,27 @@
 -- ARGV[2]  encoded outcome
 -- ARGV[3]  result TTL in ms
 -- ARGV[4]  the raw message to remove from the processing list
-local item = ARGV[1] .. ARGV[2]
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if KEYS[4] ~= '' then
-  if redis.call('DEL', KEYS[5]) == 1 then
-    redis.call('LPUSH', KEYS[4], ARGV[1])
-  else
-    redis.call('LPUSH', KEYS[4], item)
+-- ARGV[5]  '1' to publish the outcome; '0' only to acknowledge (a streamed response,
+--          whose outcome went to its stream)
+if ARGV[5] == '1' then
+  local item = ARGV[1] .. ARGV[2]
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  if KEYS[4] ~= '' then
+    if redis.call('DEL', KEYS[5]) == 1 then
+      redis.call('LPUSH', KEYS[4], ARGV[1])
+    else
+      redis.call('LPUSH', KEYS[4], item)
+    end
+    redis.call('PEXPIRE', KEYS[4], ARGV[3])
   end
-  redis.call('PEXPIRE', KEYS[4], ARGV[3])
-end
-local watchers = redis.call('SMEMBERS', KEYS[2])
-for _, inbox in ipairs(watchers) do
-  redis.call('LPUSH', inbox, item)
-  redis.call('PEXPIRE', inbox, ARGV[3])
-end
-if #watchers > 0 then
-  redis.call('DEL', KEYS[2])
+  local watchers = redis.call('SMEMBERS', KEYS[2])
+  for _, inbox in ipairs(watchers) do
+    redis.call('LPUSH', inbox, item)
+    redis.call('PEXPIRE', inbox, ARGV[3])
+  end
+  if #watchers > 0 then
+    redis.call('DEL', KEYS[2])
+  end
 end
 redis.call('LREM', KEYS[3], 1, ARGV[4])
-return #watchers
+return 1

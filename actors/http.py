@@ -1,0 +1,203 @@
+"""Replica side of HTTP: rebuild the request, run the ingress, send back the response.
+
+The gateway sends a snapshot of the request (plain values: method, path, headers,
+body...). Here it becomes an ASGI scope; the deployment's ASGI app (``@serve.ingress``)
+or its ``__call__`` (given a ``starlette.requests.Request``) runs on the replica's
+event loop, and the ASGI messages it sends become the reply:
+
+- a response sent in one piece is the request's outcome: ``("http", status, headers, body)``;
+- a response sent in several pieces (streaming) is announced to the gateway at its
+  first piece, ``("http-stream", status, headers)``, and its body goes through the
+  request's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from typing import Any, Awaitable, Callable, Optional
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from broker import codec
+from broker.queue import STREAMED
+from broker.streams import StreamWriter
+
+Scope = dict[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+def build_scope(snapshot: dict[str, Any]) -> Scope:
+    path = snapshot["path"]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": snapshot.get("http_version", "1.1"),
+        "method": snapshot["method"],
+        "scheme": snapshot.get("scheme", "http"),
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": snapshot.get("root_path", ""),
+        "query_string": snapshot.get("query_string", b""),
+        "headers": [(k, v) for k, v in snapshot.get("headers", [])],
+        "server": tuple(snapshot["server"]) if snapshot.get("server") else None,
+        "client": tuple(snapshot["client"]) if snapshot.get("client") else None,
+    }
+
+
+def to_response(result: Any) -> Response:
+    """Ray Serve's rules: a Response as is, str as text/plain, a generator streams,
+    anything else as JSON."""
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, str):
+        return PlainTextResponse(result)
+    if isinstance(result, (bytes, bytearray)):
+        return Response(bytes(result), media_type="application/octet-stream")
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        return StreamingResponse(_chunks(result))
+    return JSONResponse(result)
+
+
+def stream_chunk(item: Any) -> bytes:
+    """A streamed item on the wire: str and bytes as they are, other values as JSON lines."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    return (json.dumps(item) + "\n").encode()
+
+
+async def _chunks(result: Any) -> Any:
+    if inspect.isasyncgen(result):
+        async for item in result:
+            yield stream_chunk(item)
+    else:
+        for item in result:
+            yield stream_chunk(item)
+            await asyncio.sleep(0)
+
+
+def call_as_asgi(method: Callable[..., Any]) -> ASGIApp:
+    """An ASGI app that calls ``method(request)`` and sends what it returns."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        if inspect.iscoroutinefunction(method):
+            result = await method(request)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(None, method, request)
+            if inspect.isawaitable(result):
+                result = await result
+        await to_response(result)(scope, receive, send)
+
+    return app
+
+
+def bind_ingress(app: Any, cls: type, instance: Any) -> ASGIApp:
+    """The ``@serve.ingress`` app with routes that are methods of ``cls`` bound to ``instance``.
+
+    FastAPI reads an endpoint's signature when a route is added, so each method route
+    gets ``self`` as a dependency that returns the replica's instance, and is added
+    again (as ``fastapi_utils.cbv`` does).
+    """
+    try:
+        from fastapi import APIRouter, Depends
+        from fastapi.routing import APIRoute
+    except ImportError:
+        return app  # type: ignore[no-any-return]
+    router = getattr(app, "router", None)
+    if router is None:
+        return app  # type: ignore[no-any-return]
+    methods = [r for r in router.routes if isinstance(r, APIRoute) and _defined_in(r.endpoint, cls)]
+    for route in methods:
+        signature = inspect.signature(route.endpoint)
+        params = list(signature.parameters.values())
+        first = params[0].replace(default=Depends(lambda: instance))
+        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[1:]]
+        route.endpoint.__signature__ = signature.replace(parameters=[first, *rest])  # type: ignore[attr-defined]
+        router.routes.remove(route)
+    if methods:
+        view = APIRouter()
+        view.routes.extend(methods)
+        app.include_router(view)
+    return app  # type: ignore[no-any-return]
+
+
+def _defined_in(fn: Any, cls: type) -> bool:
+    fn = inspect.unwrap(fn)
+    qualname = getattr(fn, "__qualname__", "")
+    return qualname.split(".")[0] == cls.__name__ and len(qualname.split(".")) > 1
+
+
+class _Reply:
+    """Collects the ASGI messages of one response and turns them into the reply."""
+
+    def __init__(self, open_stream: Callable[[], StreamWriter]) -> None:
+        self.open_stream = open_stream
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.parts: list[bytes] = []
+        self.writer: Optional[StreamWriter] = None
+        self.done = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+            self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+        elif kind == "http.response.body":
+            body, more = message.get("body", b""), message.get("more_body", False)
+            if self.writer is None and not more:
+                self.parts.append(body)
+                self.done = True
+                return
+            if self.writer is None:
+                self.writer = self.open_stream()
+                self.writer.announce(codec.encode_value(("http-stream", self.status, self.headers)))
+                for part in self.parts:
+                    self.writer.put(part)
+            if body:
+                self.writer.put(body)
+            if not more:
+                self.writer.finish()
+                self.done = True
+
+    async def outcome(self) -> bytes:
+        if self.writer is None:
+            return codec.encode_value(("http", self.status, self.headers, b"".join(self.parts)))
+        if not self.done:  # the app returned without finishing its body
+            self.writer.finish()
+        await asyncio.wrap_future(self.writer.done)
+        return STREAMED
+
+
+async def serve(app: ASGIApp, snapshot: dict[str, Any], open_stream: Callable[[], StreamWriter]) -> bytes:
+    """Run one HTTP request through ``app``; returns the request's outcome bytes."""
+    scope = build_scope(snapshot)
+    body = snapshot.get("body", b"")
+    left = asyncio.Event()
+    sent_body = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await left.wait()  # a disconnect is only ever reported by cancellation
+        return {"type": "http.disconnect"}
+
+    reply = _Reply(open_stream)
+    try:
+        await app(scope, receive, reply.send)
+    except Exception as e:
+        if reply.writer is not None:  # the head went out already: end the stream with the error
+            reply.writer.finish(codec.encode_error(e))
+            await asyncio.wrap_future(reply.writer.done)
+            return STREAMED
+        raise
+    return await reply.outcome()
+
+
