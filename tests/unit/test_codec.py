@@ -16,7 +16,7 @@ def test_request_round_trip_is_a_dramatiq_message() -> None:
     assert message.actor_name == codec.REQUEST_ACTOR
     assert message.message_id == "r" * 32
     assert message.args == ("m", payload, ("x" * 32,))
-    assert message.options == {"reply_to": "inbox"}
+    assert message.options == {"reply_to": "inbox", "stream": False, "http": False}
 
 
 def test_decode_refuses_foreign_messages() -> None:
