@@ -90,15 +90,11 @@ class LocalNode:
     """
 
     def __init__(self, url: str, namespace: str) -> None:
-        env = dict(os.environ)
-        # Replicas load code by cloudpickle; modules it pickles by reference must import.
-        paths = [p for p in [os.getcwd(), *sys.path] if p]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         self.node_id = f"local-{uuid.uuid4().hex[:8]}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "actors.node", "--redis-url", url, "--namespace", namespace,
              "--name", self.node_id, "--watch-stdin"],
-            stdin=subprocess.PIPE, env=env, preexec_fn=child_preexec)
+            stdin=subprocess.PIPE, env=_child_env(), preexec_fn=child_preexec)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -114,6 +110,50 @@ class LocalNode:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class LocalGateway:
+    """The driver's HTTP gateway process (``python -m gateway``)."""
+
+    def __init__(self, url: str, namespace: str, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        read_fd, write_fd = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "--redis-url", url, "--namespace", namespace,
+                 "--host", host, "--port", str(port), "--ready-fd", str(write_fd)],
+                stdin=subprocess.DEVNULL, env=_child_env(), pass_fds=(write_fd,), preexec_fn=child_preexec)
+        finally:
+            os.close(write_fd)
+        self.ready = os.fdopen(read_fd, "rb")
+
+    def wait_ready(self) -> None:
+        """Block until the gateway serves; raise if it could not (port taken...)."""
+        line = self.ready.readline()
+        self.ready.close()
+        if line.strip() != b"ready":
+            self.stop()
+            raise LocalSetupError(
+                f"The HTTP gateway could not start on {self.host}:{self.port} (is the port in use?). "
+                "Choose another with MQSERVE_HTTP_PORT or serve.start(http_options={'port': ...}).")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment, with the driver's import path: replicas load code by cloudpickle,
+    and modules it pickles by reference must import there too."""
+    env = dict(os.environ)
+    paths = [p for p in [os.getcwd(), *sys.path] if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
 
 
 def _drain(stream: Optional[IO[bytes]]) -> None:

@@ -24,7 +24,7 @@ from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry, RouteConflictError
 
-from ._local import LocalNode, LocalRedis
+from ._local import LocalGateway, LocalNode, LocalRedis
 from .config import ConfigError, Settings
 from .deployment import Application, DeploymentPlan, build_app
 from .exceptions import DeployFailedError, DeploymentUnavailableError, rebuild_remote_error
@@ -59,6 +59,15 @@ class ServeContext:
             raise ConnectionError(f"Cannot reach Redis at {url}: {e}. Check MQSERVE_REDIS_URL.") from e
         # Until cluster mode, the driver always brings a node, so replicas run here.
         self.node: Optional[LocalNode] = LocalNode(url, settings.namespace)
+        self.gateway: Optional[LocalGateway] = None
+        host = self.http_options.get("host") or settings.http_host
+        port = int(self.http_options.get("port") or settings.http_port)
+        try:
+            self.gateway = LocalGateway(url, settings.namespace, host, port)
+            self.gateway.wait_ready()
+        except BaseException:
+            self._stop_local()
+            raise
         self.apps: set[str] = set()
 
     # Handles -------------------------------------------------------------------------------
@@ -160,6 +169,9 @@ class ServeContext:
         self._stop_local()
 
     def _stop_local(self) -> None:
+        if getattr(self, "gateway", None) is not None:
+            self.gateway.stop()  # type: ignore[union-attr]
+            self.gateway = None
         if getattr(self, "node", None) is not None:
             self.node.stop()  # type: ignore[union-attr]
             self.node = None

@@ -190,9 +190,9 @@ class DeploymentResponse:
         if self._future.cancelled():
             raise RequestCancelledError(f"Request {self._req_id} was cancelled.")
         try:
-            outcome = await _on_this_loop(self._future)
+            outcome = await wait_on_loop(self._future)
             if outcome == DETACHED:
-                outcome = await _on_this_loop(self._client.watch(self._req_id))
+                outcome = await wait_on_loop(self._client.watch(self._req_id))
         except asyncio.CancelledError:
             if self._future.cancelled():
                 raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
@@ -261,7 +261,7 @@ class DeploymentResponseGenerator:
 
     async def __anext__(self) -> Any:
         if self._async is None:
-            await _on_this_loop(self._queued)
+            await wait_on_loop(self._queued)
             self._async = self._aitems(self._client.stream_entries_async(self._req_id, self._is_stopped))
         return await self._async.__anext__()
 
@@ -360,8 +360,9 @@ def _copy_state(target: asyncio.Future[bytes], source: concurrent.futures.Future
 _bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = weakref.WeakKeyDictionary()
 
 
-async def _on_this_loop(source: concurrent.futures.Future[bytes]) -> bytes:
-    """Await a concurrent future without a loop wake-up per future."""
+async def wait_on_loop(source: concurrent.futures.Future[bytes]) -> bytes:
+    """Await a client future (as ``asyncio.wrap_future`` does) without a loop wake-up per
+    future; the gateway uses it too."""
     if source.done():
         return source.result()
     loop = asyncio.get_running_loop()

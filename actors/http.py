@@ -56,8 +56,10 @@ def to_response(result: Any) -> Response:
         return PlainTextResponse(result)
     if isinstance(result, (bytes, bytearray)):
         return Response(bytes(result), media_type="application/octet-stream")
-    if inspect.isgenerator(result) or inspect.isasyncgen(result):
-        return StreamingResponse(_chunks(result))
+    if inspect.isasyncgen(result):
+        return StreamingResponse(_achunks(result))
+    if inspect.isgenerator(result):  # Starlette iterates it on a thread: it may block
+        return StreamingResponse(stream_chunk(item) for item in result)
     return JSONResponse(result)
 
 
@@ -70,14 +72,9 @@ def stream_chunk(item: Any) -> bytes:
     return (json.dumps(item) + "\n").encode()
 
 
-async def _chunks(result: Any) -> Any:
-    if inspect.isasyncgen(result):
-        async for item in result:
-            yield stream_chunk(item)
-    else:
-        for item in result:
-            yield stream_chunk(item)
-            await asyncio.sleep(0)
+async def _achunks(result: Any) -> Any:
+    async for item in result:
+        yield stream_chunk(item)
 
 
 def call_as_asgi(method: Callable[..., Any]) -> ASGIApp:

@@ -26,7 +26,7 @@ from .handle import DeploymentHandle
 from .status import ServeStatus
 
 __all__ = [
-    "deployment", "run", "start", "status", "delete", "shutdown",
+    "deployment", "run", "start", "status", "delete", "shutdown", "ingress",
     "get_app_handle", "get_deployment_handle", "Application", "Deployment",
 ]
 
@@ -149,3 +149,42 @@ def get_deployment_handle(deployment_name: str, app_name: str = "default") -> De
             f"Application '{app_name}' has no deployment '{deployment_name}'; "
             f"it has: {', '.join(record['deployments'])}.")
     return ctx.handle(deployment_name, app_name)
+
+
+def ingress(app: Any) -> Callable[[type], type]:
+    """Serve HTTP requests to the application through ``app`` (Starlette or FastAPI).
+
+    Put it under ``@serve.deployment``; FastAPI routes may be methods of the class::
+
+        fastapi_app = FastAPI()
+
+        @serve.deployment
+        @serve.ingress(fastapi_app)
+        class Api:
+            @fastapi_app.get("/{name}")
+            async def say_hi(self, name: str) -> str:
+                return f"Hello {name}!"
+    """
+    if not callable(app):
+        raise TypeError(f"@serve.ingress takes an ASGI app (Starlette or FastAPI), got {type(app).__name__}")
+
+    _picklable_app_state()
+
+    def decorate(cls: type) -> type:
+        if not isinstance(cls, type):
+            raise TypeError("@serve.ingress decorates a class; put it under @serve.deployment")
+        cls._mq_ingress_app = app  # type: ignore[attr-defined]
+        return cls
+
+    return decorate
+
+
+def _picklable_app_state() -> None:
+    """Starlette's ``app.state`` recurses forever when unpickled (its ``__getattr__``
+    reads ``_state`` before it exists); pickle it as its dict, so the ingress app can
+    travel to the replicas."""
+    import copyreg
+
+    from starlette.datastructures import State
+
+    copyreg.pickle(State, lambda state: (State, (dict(state._state),)))

@@ -62,6 +62,7 @@ class Registry:
                         pipe.delete(self.keys.deployment(name, dep))
                         pipe.hset(self.keys.deployment(name, dep), mapping=fields)
                     pipe.lpush(self.keys.controller_wake, 1)
+                    pipe.publish(self.keys.events, json.dumps({"app": name, "state": "DEPLOYED"}))
                     pipe.execute()
                     return
                 except redis.WatchError:
@@ -114,6 +115,7 @@ class Registry:
             pipe.lrange(self.keys.queue(name, dep), 0, -1)
             pipe.delete(self.keys.queue(name, dep))
         pipe.lpush(self.keys.controller_wake, 1)
+        pipe.publish(self.keys.events, json.dumps({"app": name, "state": "DELETED"}))
         results = pipe.execute()
         queued = [m for res in results if isinstance(res, list) for m in res]
         self._fail_messages(queued, f"Application '{name}' was deleted before this request ran.", result_ttl_ms)

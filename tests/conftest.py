@@ -26,7 +26,7 @@ from broker.keys import Keys  # noqa: E402
 from broker.registry import Registry  # noqa: E402
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -35,7 +35,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A private redis-server for the whole session (never the machine's own)."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--logfile", ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -64,6 +64,7 @@ def serve_instance(redis_url: str, namespace: str) -> Iterator[Registry]:
     Yields the namespace's registry, so tests can look at what is in Redis.
     """
     os.environ["MQSERVE_NAMESPACE"] = namespace
+    os.environ["MQSERVE_HTTP_PORT"] = str(free_port())
     try:
         serve.start(redis_url=redis_url)
         registry = Registry(connect(redis_url), Keys(namespace))
@@ -71,12 +72,13 @@ def serve_instance(redis_url: str, namespace: str) -> Iterator[Registry]:
     finally:
         serve.shutdown()
         os.environ.pop("MQSERVE_NAMESPACE", None)
+        os.environ.pop("MQSERVE_HTTP_PORT", None)
         Registry(connect(redis_url), Keys(namespace)).clear_namespace()
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a Python program in a fresh interpreter from the repository root."""
-    full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": ROOT, "MQSERVE_HTTP_PORT": str(free_port()), **(env or {})}
     full_env.pop("MQSERVE_NAMESPACE", None)
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.procs import processes_with, wait_until_gone
 
 DRIVER = textwrap.dedent("""
@@ -46,7 +46,7 @@ def driver(tmp_path):
     procs: list[subprocess.Popen[str]] = []
 
     def start(mode: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": tmpdir, "MQSERVE_NAMESPACE": marker}
+        env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": tmpdir, "MQSERVE_NAMESPACE": marker, "MQSERVE_HTTP_PORT": str(free_port())}
         env.pop("MQSERVE_REDIS_URL", None)
         proc = subprocess.Popen([sys.executable, "-c", DRIVER, mode], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
