@@ -124,9 +124,10 @@ def bind_ingress(app: Any, cls: type, instance: Any) -> ASGIApp:
 
 
 def _defined_in(fn: Any, cls: type) -> bool:
+    """Whether ``fn`` is one of ``cls``'s own functions (by identity: a class shipped by
+    value loses its ``__qualname__``)."""
     fn = inspect.unwrap(fn)
-    qualname = getattr(fn, "__qualname__", "")
-    return qualname.split(".")[0] == cls.__name__ and len(qualname.split(".")) > 1
+    return any(inspect.unwrap(member) is fn for member in vars(cls).values() if callable(member))
 
 
 class _Reply:

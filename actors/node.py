@@ -20,6 +20,8 @@ import time
 import uuid
 from typing import Optional
 
+import redis
+
 from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry
@@ -66,13 +68,18 @@ class Node:
         reg = self.registry
         logger.info("node %s serving namespace %s on %s", self.node_id, self.keys.ns, self.url)
         while not self.stop.is_set():
-            reg.register_node(self.node_id, {"host": socket.gethostname(), "pid": os.getpid()})
-            leader = reg.lead(self.node_id, CONTROLLER_LEASE_MS)
-            if leader:
-                self.controller.reconcile()
-            self.reconcile()
-            wake = [self.keys.node_wake(self.node_id)] + ([self.keys.controller_wake] if leader else [])
-            reg.wait_wake(wake, HEARTBEAT_S)
+            try:
+                reg.register_node(self.node_id, {"host": socket.gethostname(), "pid": os.getpid()})
+                leader = reg.lead(self.node_id, CONTROLLER_LEASE_MS)
+                if leader:
+                    self.controller.reconcile()
+                self.reconcile()
+                wake = [self.keys.node_wake(self.node_id)] + ([self.keys.controller_wake] if leader else [])
+                reg.wait_wake(wake, HEARTBEAT_S)
+            except redis.RedisError as e:  # Redis restarting: keep our replicas, retry
+                if not self.stop.is_set():
+                    logger.warning("node %s lost Redis (%s); retrying", self.node_id, e)
+                    self.stop.wait(HEARTBEAT_S)
         self.shutdown()
 
     def reconcile(self) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 
 import cloudpickle
 import dramatiq
+import redis
 from dramatiq.asyncio import EventLoopThread
 from dramatiq.middleware import CurrentMessage
 
@@ -119,7 +120,10 @@ class Replica:
         logger.info("replica %s of %s/%s is serving", self.replica_id, self.app, self.deployment)
         self.stop_requested.wait()
         broker.draining.set()  # before STOPPING is visible: a deploy waiting on it may return
-        self._record("STOPPING")
+        try:
+            self._record("STOPPING")
+        except redis.RedisError as e:  # stopping because Redis (and the driver) went away
+            logger.info("could not record STOPPING: %s", e)
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
         broker.close()
         close_clients()

@@ -116,6 +116,11 @@ class StreamWriter:
                     self._flush_items()
                     entries, self.entries = self.entries, []
                     finished = self.finished
+                if self.cancelled:  # nobody reads any more: drop what is left
+                    await self.client.delete(self.key)
+                    if finished:
+                        return
+                    continue
                 pipe = self.client.pipeline(transaction=False)
                 for kind, payload in entries:
                     if kind == b"announce":
@@ -128,6 +133,7 @@ class StreamWriter:
                 results = await pipe.execute()
                 if results[-1]:
                     self._cancel()
+                    await self.client.delete(self.key)
                 if finished:
                     return
         except BaseException as e:
