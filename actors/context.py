@@ -14,6 +14,7 @@ import sysconfig
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Any, Optional
 
 import cloudpickle
@@ -76,8 +77,16 @@ class ServeContext:
                                 _result_ttl_ms=self.settings.result_ttl_ms)
 
     # Deploy ---------------------------------------------------------------------------------
-    def deploy(self, app: Application, name: str, route_prefix: Optional[str]) -> DeploymentHandle:
+    def deploy(self, app: Application, name: str, route_prefix: Optional[str],
+               overrides: Optional[dict[str, dict[str, Any]]] = None) -> DeploymentHandle:
+        """Register ``app`` and wait for its replicas; ``overrides`` maps deployment names
+        to options (a config file's ``deployments`` section)."""
         ingress, plans = build_app(app, lambda dep: self.handle(dep, name))
+        unknown = set(overrides or {}) - {p.name for p in plans}
+        if unknown:
+            raise ConfigError(f"Application '{name}' has no deployment(s) named {', '.join(sorted(unknown))}; "
+                              f"it has {', '.join(p.name for p in plans)}.")
+        plans = [replace(p, config=p.config.with_options(**(overrides or {}).get(p.name, {}))) for p in plans]
         versions = {p.name: uuid.uuid4().hex[:12] for p in plans}
         fields = {p.name: _registry_fields(p, versions[p.name]) for p in plans}
         record = {"name": name, "route_prefix": route_prefix, "ingress": ingress,

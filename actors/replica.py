@@ -111,9 +111,12 @@ class Replica:
         try:
             self._construct(spec["spec"], config)
         except BaseException as e:
-            logger.error("constructor of deployment '%s' raised", self.deployment, exc_info=True)
+            logger.error("constructor of deployment '%s' raised %s: %s (the traceback is in serve.status())",
+                         self.deployment, type(e).__name__, e)
             self.registry.set_replica_error(self.replica_id, codec.encode_error(e), self.result_ttl_ms)
             self._record("DEPLOY_FAILED", message="".join(traceback.format_exception(e)))
+            if self.loop_thread is not None:
+                self.loop_thread.stop()
             return 1
         worker, broker = self._start_worker(config)
         self._record("RUNNING")

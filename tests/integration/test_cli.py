@@ -1,0 +1,102 @@
+"""`mqserve run`: an import path or a config file, Ctrl-C and SIGTERM, and its errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port
+from tests.procs import processes_with, wait_until_gone
+
+
+@pytest.fixture
+def mqserve(tmp_path):
+    """Start `mqserve run ...` (local mode, its own port and namespace); kills leftovers."""
+    marker = f"mqcli{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> tuple[subprocess.Popen[str], int]:
+        env = {**os.environ, "PYTHONPATH": ROOT, "MQSERVE_NAMESPACE": marker}
+        env.pop("MQSERVE_REDIS_URL", None)
+        proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", *args, "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return proc, port
+
+    yield start, marker
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for pid in processes_with(marker):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _wait_running(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "press Ctrl-C" in line:
+            return line
+    raise AssertionError(f"mqserve run exited: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_run_import_path_serves_http_and_stops_on_signal(mqserve, sig) -> None:
+    start, marker = mqserve
+    proc, port = start("examples.hello:language_classifier")
+    _wait_running(proc)
+    r = httpx.post(f"http://127.0.0.1:{port}/", json={"language": "spanish", "name": "Dora"})
+    assert r.text == "Hola Dora"
+    proc.send_signal(sig)
+    assert proc.wait(timeout=20) == 0
+    assert wait_until_gone(marker) == []
+
+
+def test_run_config_file_applies_overrides(mqserve, tmp_path) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "applications:\n"
+        "  - name: greet\n"
+        "    route_prefix: /greet\n"
+        "    import_path: tests.apps.greeter:app\n"
+        "    deployments:\n"
+        "      - name: Greeter\n"
+        "        user_config: {greeting: Hola}\n"
+        "  - name: hello\n"
+        "    route_prefix: /\n"
+        "    import_path: examples.hello:language_classifier\n")
+    start, marker = mqserve
+    proc, port = start(str(config))
+    _wait_running(proc)
+    assert httpx.get(f"http://127.0.0.1:{port}/greet?name=Ana").text == "Hola Ana"
+    assert httpx.post(f"http://127.0.0.1:{port}/", json={"language": "french", "name": "Ana"}).text == "Bonjour Ana"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert wait_until_gone(marker) == []
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("tests.apps.missing:app", "Could not import 'tests.apps.missing'"),
+    ("tests.apps.greeter:nothing", "has no attribute 'nothing'"),
+    ("tests.apps.greeter:not_an_app", "is a int, not an application"),
+    ("tests.apps.greeter:broken", "ValueError: cannot load the model"),
+    ("no-colon", "not an import path"),
+])
+def test_run_errors_are_one_paragraph(mqserve, target: str, expected: str) -> None:
+    start, marker = mqserve
+    proc, _ = start(target)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    message = [line for line in err.splitlines() if line.startswith("mqserve:")]
+    assert len(message) == 1 and expected in message[0], err
+    assert "Traceback" not in err
+    if target.endswith(":broken"):
+        assert "greeter.py, line" in message[0]
+    assert wait_until_gone(marker) == []
