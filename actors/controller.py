@@ -38,8 +38,9 @@ class _Assigned:
 class Controller:
     """One reconciliation pass at a time, over everything in the namespace."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, *, result_ttl_ms: int) -> None:
         self.registry = registry
+        self.result_ttl_ms = result_ttl_ms
 
     def reconcile(self) -> None:
         reg = self.registry
@@ -73,7 +74,9 @@ class Controller:
         current = [i for i in items if i.version == version]
         failed = any(r.get("version") == version and r.get("state") == "DEPLOY_FAILED" for r in records.values())
         target = config.target_replicas
-        if not failed:
+        if failed:
+            reg.mark_failed(app, dep, version, self.result_ttl_ms)
+        else:
             for _ in range(target - len(current)):
                 node = min(load, key=lambda n: load[n], default=None)
                 if node is None:

@@ -47,7 +47,7 @@ class Node:
         self.url, self.keys, self.node_id = url, Keys(namespace), node_id
         self.result_ttl_ms = result_ttl_ms
         self.registry = Registry(connect(url), self.keys)
-        self.controller = Controller(self.registry)
+        self.controller = Controller(self.registry, result_ttl_ms=result_ttl_ms)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.meta: dict[str, dict[str, str]] = {}
         self.stopping: dict[str, float] = {}

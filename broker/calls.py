@@ -105,6 +105,10 @@ class CallClient:
                 self._fail(req_id, BackPressureError(
                     f"Request dropped: deployment '{dep}' of application '{app}' already has "
                     "max_queued_requests requests waiting. Retry later or raise max_queued_requests."))
+            elif res == -3:
+                self._fail(req_id, DeploymentUnavailableError(
+                    f"Deployment '{dep}' of application '{app}' failed to start, so it cannot take "
+                    "requests; serve.status() says why. Fix it and deploy again."))
             elif not expect_reply:
                 self._deliver(req_id, b"")
 

@@ -22,7 +22,8 @@ class Keys:
         return f"{self.ns}:apps"
 
     def deployment(self, app: str, dep: str) -> str:
-        """HASH of one deployment: ``spec`` (cloudpickle), ``config`` (JSON), ``version``."""
+        """HASH of one deployment: ``spec`` (cloudpickle), ``config`` (JSON), ``version``,
+        ``max_queued``, and ``state`` = 'failed' once its replicas cannot start."""
         return f"{self.ns}:dep:{app}:{dep}"
 
     def replicas(self, app: str, dep: str) -> str:

@@ -100,6 +100,24 @@ class Registry:
             pipe.hmget(self.keys.deployment(app, dep), ["version", "config"])
         return {dep: (v.decode(), json.loads(c)) for dep, (v, c) in zip(deps, pipe.execute()) if v}
 
+    def mark_failed(self, app: str, dep: str, version: str, result_ttl_ms: int) -> None:
+        """Refuse calls to this deployment version (its replicas cannot start), and fail
+        the requests already waiting for it rather than leave them hanging."""
+        key, queue = self.keys.deployment(app, dep), self.keys.queue(app, dep)
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.hget(key, "version") != version.encode():
+                    return  # upgraded meanwhile
+                pipe.multi()
+                pipe.hset(key, "state", "failed")
+                pipe.lrange(queue, 0, -1)
+                pipe.delete(queue)
+                queued = pipe.execute()[1]
+            except redis.WatchError:
+                return
+        self._fail_messages(queued, f"Deployment '{dep}' of application '{app}' failed to start.", result_ttl_ms)
+
     def delete_app(self, name: str, result_ttl_ms: int) -> int:
         """Unregister an app; queued requests fail with DeploymentUnavailableError.
 

