@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -133,6 +134,12 @@ def measure_wrk(wrk: str, url: str, connections: int, threads: int, warmup_s: in
 async def measure_httpx(url: str, connections: int, warmup_s: float, seconds: float) -> dict[str, Any]:
     """One ``httpx.AsyncClient`` (one keep-alive connection) per worker: a single client's
     pool shared by many workers costs the caller several ms of CPU per request."""
+    try:
+        import sniffio  # noqa: F401
+    except ImportError:
+        # httpcore tries `import sniffio` on every request; without it each try searches
+        # sys.path again. None in sys.modules makes the failing import immediate.
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
     import httpx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
