@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -21,12 +22,12 @@ import tempfile
 import time
 from typing import Any
 
-import logging
-
 from _common import emit, latency_stats, log
 
 from actors import serve
 from starlette.requests import Request
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
 
 BODY = '{"name": "x"}'
 EXPECTED = "Hello x!"
@@ -142,7 +143,6 @@ async def measure_httpx(url: str, connections: int, warmup_s: float, seconds: fl
         sys.modules["sniffio"] = None  # type: ignore[assignment]
     import httpx
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     headers = {"content-type": "application/json"}
     latencies: list[float] = []
     completed = 0
@@ -204,8 +204,8 @@ def main() -> None:
     os.environ["MQSERVE_HTTP_PORT"] = str(port)
     url = f"http://127.0.0.1:{port}/"
     app = Hello.options(num_replicas=args.replicas, max_ongoing_requests=args.max_ongoing).bind()
-    serve.run(app, route_prefix="/")
     try:
+        serve.run(app, route_prefix="/")
         wait_for_route(url)
         log.info("%s: %d connections for %d s (+%d s warm-up) against %s", client, args.connections,
                  args.seconds, args.warmup, url)

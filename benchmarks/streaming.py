@@ -101,9 +101,9 @@ def main() -> None:
     # serve.run always starts the HTTP gateway: keep it off port 8000.
     os.environ["MQSERVE_HTTP_PORT"] = str(free_port())
     app = Counter.options(max_ongoing_requests=args.max_ongoing).bind()
-    handle = serve.run(app, name="streaming", route_prefix=None).options(stream=True)
     n = args.items
     try:
+        handle = serve.run(app, name="streaming", route_prefix=None).options(stream=True)
         log.info("sync: %d calls of %d items (+%d warm-up)", args.calls, n, args.warmup)
         read_sync(handle, args.warmup, n)
         sync_s = read_sync(handle, args.calls, n)
