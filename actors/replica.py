@@ -289,7 +289,14 @@ async def _as_coroutine(awaitable: Any) -> Any:
     return await awaitable
 
 
+#: Python's GIL switch interval in replicas, in seconds (the default is 5 ms). User code
+#: that computes without releasing the GIL would otherwise hold the event loop, and
+#: with it stream writes and async requests, for up to 5 ms at a time.
+SWITCH_INTERVAL_S = 0.001
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     parser = argparse.ArgumentParser(prog="python -m actors.replica")
     for name in ("redis-url", "namespace", "app", "deployment", "replica-id", "version", "node-id"):
         parser.add_argument(f"--{name}", required=True)

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import time
 from typing import Any, Callable
 
 from broker import codec
@@ -39,7 +40,10 @@ def drive(result: Any, writer: StreamWriter, loop: asyncio.AbstractEventLoop, wh
     if inspect.isgenerator(result):
         try:
             for item in result:
-                writer.put(to_item(item))
+                if writer.put(to_item(item)):
+                    # The writer (on the loop thread) was just woken: let it take the GIL
+                    # now, so the first item leaves before the generator runs on.
+                    time.sleep(0)
                 if writer.cancelled:
                     break
         except Exception as e:

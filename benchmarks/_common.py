@@ -17,6 +17,18 @@ _RESULT_OUT = os.fdopen(os.dup(1), "w", buffering=1)
 sys.stdout.flush()
 os.dup2(2, 1)  # children inherit fd 1 and now write to stderr
 
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Every benchmark's gateway gets a port of its own, so runs never collide on 8000.
+os.environ.setdefault("MQSERVE_HTTP_PORT", str(free_port()))
+
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 log = logging.getLogger("bench")
 

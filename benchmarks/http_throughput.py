@@ -15,14 +15,13 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-from _common import emit, latency_stats, log
+from _common import emit, free_port, latency_stats, log
 
 from actors import serve
 from starlette.requests import Request
@@ -44,12 +43,6 @@ class Hello:
     async def __call__(self, request: Request) -> str:
         name = (await request.json())["name"]
         return f"Hello {name}!"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_route(url: str, timeout_s: float = 30.0) -> None:

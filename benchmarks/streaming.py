@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import time
 from typing import Any
 
-from _common import emit, latency_stats, log
+from _common import emit, free_port, latency_stats, log
 
 from actors import serve
 
@@ -27,12 +26,6 @@ class Counter:
     def __call__(self, n: int):
         for i in range(n):
             yield i
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check(items: int, total: int, n: int) -> None:

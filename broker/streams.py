@@ -73,8 +73,9 @@ class StreamWriter:
         """Reply to the caller now (it learns the response streams), before any item."""
         self._add(lambda: self.entries.append((b"announce", outcome)))
 
-    def put(self, item: Any) -> None:
-        self._add(lambda: self.items.append(item))
+    def put(self, item: Any) -> bool:
+        """Queue an item; True if the writer was idle (it has just been woken)."""
+        return self._add(lambda: self.items.append(item))
 
     def finish(self, error: Optional[bytes] = None) -> None:
         """End the stream, with an encoded error outcome if the generator raised."""
@@ -85,7 +86,7 @@ class StreamWriter:
 
         self._add(add)
 
-    def _add(self, change: Callable[[], None]) -> None:
+    def _add(self, change: Callable[[], None]) -> bool:
         with self.lock:
             idle = not self.entries and not self.items and not self.finished
             change()
@@ -94,6 +95,7 @@ class StreamWriter:
                 self.wake.set()
             else:
                 self.loop.call_soon_threadsafe(self.wake.set)
+        return idle
 
     def _flush_items(self) -> None:
         # Caller holds self.lock.

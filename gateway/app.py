@@ -14,11 +14,11 @@ import pickle
 import threading
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as StarletteRoute
 
 from actors.exceptions import BackPressureError, DeploymentUnavailableError
@@ -38,7 +38,9 @@ logger = logging.getLogger("mqserve.gateway")
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 #: Seconds between route reloads when no change event arrives.
 ROUTE_RELOAD_S = 5.0
-_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Gateway:
@@ -102,26 +104,26 @@ class Gateway:
         rows = await asyncio.to_thread(queues)
         return PlainTextResponse(self.metrics.render(rows), media_type="text/plain; version=0.0.4")
 
-    async def proxy(self, request: Request) -> Response:
+    # The request path: raw ASGI, as the hot path skips Starlette's request/response objects.
+    async def proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.monotonic()
-        route = self.routes.match(request.url.path)
+        path = scope["path"]
+        route = self.routes.match(path)
         if route is None:
             await self.reload()  # an app may have just been deployed
-            route = self.routes.match(request.url.path)
+            route = self.routes.match(path)
         if route is None:
-            return PlainTextResponse(f"Path '{request.url.path}' not found. Routes: {self.routes.as_dict()}",
-                                     status_code=404)
-        response = await self._forward(request, route)
-        self.metrics.observe(route.app, route.ingress, response.status_code, time.monotonic() - start)
-        return response
+            await _send_text(send, 404, f"Path '{path}' not found. Routes: {self.routes.as_dict()}")
+            return
+        status = await self._forward(scope, receive, send, route)
+        self.metrics.observe(route.app, route.ingress, status, time.monotonic() - start)
 
-    async def _forward(self, request: Request, route: Route) -> Response:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, route: Route) -> int:
         assert self.client is not None
-        body = await self._body(request)
+        body = await self._body(scope, receive)
         if body is None:
-            return PlainTextResponse(f"Request body larger than {self.max_body_bytes} bytes "
-                                     "(MQSERVE_MAX_BODY_BYTES).", status_code=413)
-        scope = request.scope
+            return await _send_text(send, 413, f"Request body larger than {self.max_body_bytes} bytes "
+                                               "(MQSERVE_MAX_BODY_BYTES).")
         snapshot = {
             "method": scope["method"], "path": scope["path"], "root_path": route.root_path,
             "query_string": scope.get("query_string", b""), "headers": list(scope.get("headers", [])),
@@ -139,66 +141,107 @@ class Gateway:
         except asyncio.TimeoutError:
             self.client.forget(req_id)
             self.client.cancel(route.app, route.ingress, req_id, message)
-            return PlainTextResponse(f"Request timed out after {self.timeout_s} s.", status_code=408)
+            return await _send_text(send, 408, f"Request timed out after {self.timeout_s} s.")
         except (BackPressureError, DeploymentUnavailableError, ConnectionError) as e:
-            return PlainTextResponse(str(e), status_code=503)
+            return await _send_text(send, 503, str(e))
         ok, value = codec.decode_outcome(outcome)
         if not ok:
             logger.error("request %s to application '%s' failed:\n%s", req_id, route.app, value.traceback)
-            return PlainTextResponse("Internal Server Error", status_code=500)
+            return await _send_text(send, 500, "Internal Server Error")
         if value[0] == "http":
             _, status, headers, content = value
-            response = Response(content, status_code=status)
-            response.raw_headers = list(headers)
-            return response
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+            return int(status)
         _, status, headers = value
-        response = StreamingResponse(self._stream(req_id), status_code=status)
-        response.raw_headers = list(headers)
-        return response
+        await self._relay_stream(req_id, status, headers, receive, send)
+        return int(status)
 
-    async def _body(self, request: Request) -> Optional[bytes]:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return None
-        chunks, size = [], 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    return None
-                chunks.append(chunk)
-        except ClientDisconnect:
-            return b""
+    async def _body(self, scope: Scope, receive: Receive) -> Optional[bytes]:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                return None
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b""
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
         return b"".join(chunks)
 
-    async def _stream(self, req_id: str) -> AsyncIterator[bytes]:
+    async def _relay_stream(self, req_id: str, status: int, headers: list[tuple[bytes, bytes]],
+                            receive: Receive, send: Send) -> None:
+        """Send a streamed response as it comes; a client that leaves cancels the generator."""
+        assert self.client is not None
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        relay = asyncio.ensure_future(self._relay_body(req_id, send))
+        left = asyncio.ensure_future(_disconnected(receive))
+        await asyncio.wait({relay, left}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (relay, left):
+            task.cancel()
+        await asyncio.gather(relay, left, return_exceptions=True)
+
+    async def _relay_body(self, req_id: str, send: Send) -> None:
         assert self.client is not None
         ended = False
         try:
             async for fields in self.client.stream_entries_async(req_id, lambda: ended):
                 if streams.ITEMS in fields:
                     for chunk in streams.decode_items(fields[streams.ITEMS]):
-                        yield chunk
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     continue
                 ended = True
                 if streams.ERROR in fields:
                     ok, failure = codec.decode_outcome(fields[streams.ERROR])
                     logger.error("streamed response %s failed:\n%s", req_id, failure.traceback)
-                return
+            await send({"type": "http.response.body", "body": b""})
         finally:
-            # A client that left early cancels the generator on the replica.
             self.client.end_stream(req_id, cancel=not ended)
 
 
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send_text(send: Send, status: int, text: str) -> int:
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+    return status
+
+
+class _GatewayApp:
+    """Requests for applications go straight to :meth:`Gateway.proxy`; the gateway's own
+    endpoints (``/-/...``, ``/metrics``) and the lifespan go to its Starlette app."""
+
+    def __init__(self, gateway: Gateway, admin: Starlette) -> None:
+        self.gateway = gateway
+        self.admin = admin
+        self.state = admin.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not (scope["path"].startswith("/-/") or scope["path"] == "/metrics"):
+            await self.gateway.proxy(scope, receive, send)
+        else:
+            await self.admin(scope, receive, send)
+
+
 def create_app(url: str, namespace: str, *, result_ttl_ms: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               timeout_s: Optional[float] = None) -> Starlette:
+               timeout_s: Optional[float] = None) -> Any:
     """The gateway's ASGI app; serve it with uvicorn (see ``gateway.server``)."""
     gw = Gateway(url, namespace, result_ttl_ms=result_ttl_ms, max_body_bytes=max_body_bytes, timeout_s=timeout_s)
-    app = Starlette(routes=[
+    admin = Starlette(routes=[
         StarletteRoute("/-/healthz", gw.healthz, methods=["GET"]),
         StarletteRoute("/-/routes", gw.list_routes, methods=["GET"]),
         StarletteRoute("/metrics", gw.metrics_text, methods=["GET"]),
-        StarletteRoute("/{path:path}", gw.proxy, methods=_METHODS),
     ], lifespan=gw.lifespan)
-    app.state.gateway = gw
-    return app
+    admin.state.gateway = gw
+    return _GatewayApp(gw, admin)  # type: ignore[return-value]
