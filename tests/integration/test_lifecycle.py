@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from tests.conftest import ROOT, free_port
-from tests.procs import processes_with, wait_until_gone
+from tests.procs import kill_all, processes_with, wait_until_gone
 
 DRIVER = textwrap.dedent("""
     import sys, time
@@ -57,12 +57,7 @@ def driver(tmp_path):
         return proc
 
     yield start, marker
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for pid in processes_with(marker):
-        os.kill(pid, signal.SIGKILL)
+    kill_all(marker, procs)
 
 
 def test_shutdown_stops_everything_while_driver_lives(driver):
