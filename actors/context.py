@@ -42,7 +42,7 @@ class ServeContext:
     """Everything a driver process holds; created by ``serve.start``."""
 
     def __init__(self, settings: Settings, *, redis_url: Optional[str] = None,
-                 http_options: Optional[dict[str, Any]] = None) -> None:
+                 http_options: Optional[dict[str, Any]] = None, start_processes: bool = True) -> None:
         self.settings = settings
         self.http_options = dict(http_options or {})
         self.local_redis: Optional[LocalRedis] = None
@@ -58,18 +58,27 @@ class ServeContext:
         except Exception as e:
             self._stop_local()
             raise ConnectionError(f"Cannot reach Redis at {url}: {e}. Check MQSERVE_REDIS_URL.") from e
-        # Until cluster mode, the driver always brings a node, so replicas run here.
-        self.node: Optional[LocalNode] = LocalNode(url, settings.namespace)
+        self.node: Optional[LocalNode] = None
         self.gateway: Optional[LocalGateway] = None
+        self.apps: set[str] = set()
+        if start_processes:
+            self.start_processes()
+
+    def start_processes(self) -> None:
+        """Start this driver's node and HTTP gateway (once). Until cluster mode, the driver
+        always brings a node, so replicas run here."""
+        if self.node is not None:
+            return
+        settings = self.settings
+        self.node = LocalNode(self.url, settings.namespace)
         host = self.http_options.get("host") or settings.http_host
         port = int(self.http_options.get("port") or settings.http_port)
         try:
-            self.gateway = LocalGateway(url, settings.namespace, host, port)
+            self.gateway = LocalGateway(self.url, settings.namespace, host, port)
             self.gateway.wait_ready()
         except BaseException:
             self._stop_local()
             raise
-        self.apps: set[str] = set()
 
     # Handles -------------------------------------------------------------------------------
     def handle(self, deployment: str, app: str) -> DeploymentHandle:
@@ -81,6 +90,7 @@ class ServeContext:
                overrides: Optional[dict[str, dict[str, Any]]] = None) -> DeploymentHandle:
         """Register ``app`` and wait for its replicas; ``overrides`` maps deployment names
         to options (a config file's ``deployments`` section)."""
+        self.start_processes()
         ingress, plans = build_app(app, lambda dep: self.handle(dep, name))
         unknown = set(overrides or {}) - {p.name for p in plans}
         if unknown:
@@ -227,9 +237,13 @@ def get_context(*, start: bool = True, **start_kwargs: Any) -> ServeContext:
     global _context
     with _context_lock:
         if _context is None:
-            if not start:
-                raise DeploymentUnavailableError("mqserve is not running in this process; call serve.run() first.")
-            _context = ServeContext(Settings.from_env(), **start_kwargs)
+            settings = Settings.from_env()
+            if not start and settings.redis_url is None:
+                raise DeploymentUnavailableError(
+                    "mqserve is not running in this process: call serve.run() first, or set "
+                    "MQSERVE_REDIS_URL to reach the Redis of a running mqserve.")
+            # Without start, connect to the configured Redis for handles only.
+            _context = ServeContext(settings, start_processes=start, **start_kwargs)
         return _context
 
 

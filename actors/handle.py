@@ -222,27 +222,73 @@ class DeploymentResponse:
         return f"DeploymentResponse(deployment='{self._dep}', request_id='{self._req_id}')"
 
 
+class _StreamState:
+    """What a response generator and its reading loop share. Kept apart from the
+    generator object so that the reading loop does not reference it: dropping the
+    generator (``break`` out of ``for``) then frees it at once, which stops the stream."""
+
+    def __init__(self, client: CallClient, req_id: str) -> None:
+        self.client = client
+        self.req_id = req_id
+        self.stopped = False
+        self.ended = False
+
+    def is_stopped(self) -> bool:
+        return self.stopped
+
+    def close(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.client.end_stream(self.req_id, cancel=not self.ended)
+
+    def decode(self, fields: dict[bytes, bytes]) -> list[Any]:
+        if streams.ITEMS in fields:
+            return streams.decode_items(fields[streams.ITEMS])
+        self.ended = True
+        if streams.ERROR in fields:
+            _embedded_outcome(fields[streams.ERROR])
+        return []
+
+
+def _read_items(state: _StreamState) -> Any:
+    try:
+        for fields in state.client.stream_entries(state.req_id, state.is_stopped):
+            yield from state.decode(fields)
+            if state.ended:
+                return
+    finally:
+        state.close()
+
+
+async def _aread_items(state: _StreamState) -> Any:
+    try:
+        async for fields in state.client.stream_entries_async(state.req_id, state.is_stopped):
+            for item in state.decode(fields):
+                yield item
+            if state.ended:
+                return
+    finally:
+        state.close()
+
+
 class DeploymentResponseGenerator:
     """The streamed result of ``handle.options(stream=True).remote()``: iterate it with
     ``for`` in sync code or ``async for`` in async code. Items arrive as the replica's
-    generator yields them. Stopping early (``break`` and dropping it, ``cancel()``)
-    stops the generator on the replica.
+    generator yields them. Stopping early (``break``, ``close()``, ``cancel()``, or
+    dropping it) stops the generator on the replica.
     """
 
     def __init__(self, client: CallClient, dep: str, req_id: str,
                  queued: concurrent.futures.Future[bytes]) -> None:
-        self._client = client
+        self._state = _StreamState(client, req_id)
         self._dep = dep
-        self._req_id = req_id
         self._queued = queued
-        self._stopped = False
-        self._ended = False
         self._sync: Optional[Any] = None
         self._async: Optional[Any] = None
 
     @property
     def request_id(self) -> str:
-        return self._req_id
+        return self._state.req_id
 
     def __iter__(self) -> "DeploymentResponseGenerator":
         return self
@@ -253,7 +299,7 @@ class DeploymentResponseGenerator:
                                "`for` would block it.")
         if self._sync is None:
             self._queued.result()  # raises if the call could not be queued
-            self._sync = self._items(self._client.stream_entries(self._req_id, self._is_stopped))
+            self._sync = _read_items(self._state)
         return next(self._sync)
 
     def __aiter__(self) -> "DeploymentResponseGenerator":
@@ -262,52 +308,24 @@ class DeploymentResponseGenerator:
     async def __anext__(self) -> Any:
         if self._async is None:
             await wait_on_loop(self._queued)
-            self._async = self._aitems(self._client.stream_entries_async(self._req_id, self._is_stopped))
+            self._async = _aread_items(self._state)
         return await self._async.__anext__()
-
-    def _is_stopped(self) -> bool:
-        return self._stopped
-
-    def _items(self, entries: Any) -> Any:
-        try:
-            for fields in entries:
-                yield from self._decode(fields)
-                if self._ended:
-                    return
-        finally:
-            self._close()
-
-    async def _aitems(self, entries: Any) -> Any:
-        try:
-            async for fields in entries:
-                for item in self._decode(fields):
-                    yield item
-                if self._ended:
-                    return
-        finally:
-            self._close()
-
-    def _decode(self, fields: dict[bytes, bytes]) -> list[Any]:
-        if streams.ITEMS in fields:
-            return streams.decode_items(fields[streams.ITEMS])
-        self._ended = True
-        if streams.ERROR in fields:
-            _embedded_outcome(fields[streams.ERROR])
-        return []
-
-    def _close(self) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self._client.end_stream(self._req_id, cancel=not self._ended)
 
     def cancel(self) -> None:
         """Stop reading and stop the generator on the replica."""
-        self._close()
+        self._state.close()
+
+    def close(self) -> None:
+        """As for a generator: stop early (the replica's generator stops too)."""
+        self._state.close()
+
+    async def aclose(self) -> None:
+        self._state.close()
 
     def __del__(self) -> None:
         try:
-            if not self._stopped and self._queued.done():
-                self._close()
+            if self._queued.done():
+                self._state.close()
         except Exception:
             pass
 

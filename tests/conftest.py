@@ -78,7 +78,7 @@ def serve_instance(redis_url: str, namespace: str) -> Iterator[Registry]:
 
 def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a Python program in a fresh interpreter from the repository root."""
-    full_env = {**os.environ, "PYTHONPATH": ROOT, "MQSERVE_HTTP_PORT": str(free_port()), **(env or {})}
-    full_env.pop("MQSERVE_NAMESPACE", None)
+    base = {k: v for k, v in os.environ.items() if k != "MQSERVE_NAMESPACE"}
+    full_env = {**base, "PYTHONPATH": ROOT, "MQSERVE_HTTP_PORT": str(free_port()), **(env or {})}
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)

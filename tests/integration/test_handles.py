@@ -254,3 +254,15 @@ def test_concurrent_sync_threads(echo: DeploymentHandle) -> None:
 
 def test_response_type(echo: DeploymentHandle) -> None:
     assert isinstance(echo.remote(), DeploymentResponse)
+
+
+def test_another_process_gets_app_handles_through_redis(serve_instance, echo, redis_url, namespace) -> None:
+    from tests.conftest import run_python
+
+    # Given an app deployed by this process, another process that only knows the Redis URL
+    code = ("from actors import serve\n"
+            "print(serve.get_app_handle('echo').remote('far').result(timeout_s=30)['args'][0])\n"
+            "print(serve.get_deployment_handle('Echo', 'echo').pid.remote().result(timeout_s=30) > 0)\n")
+    proc = run_python(code, env={"MQSERVE_REDIS_URL": redis_url, "MQSERVE_NAMESPACE": namespace})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["far", "True"]

@@ -115,6 +115,31 @@ def test_stopping_early_stops_the_generator_on_the_replica(tricky: DeploymentHan
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("how", ["break", "close", "async-break"])
+def test_break_and_close_stop_the_replica_generator(serve_instance, how: str) -> None:
+    handle = serve.run(Tricky.bind(), name=f"tricky-{how}", route_prefix=f"/tricky-{how}")
+    forever = handle.options(stream=True, method_name="forever")
+    if how == "break":
+        for i in forever.remote():  # the generator is dropped when the loop breaks
+            if i == 2:
+                break
+    elif how == "close":
+        gen = forever.remote()
+        next(gen)
+        gen.close()
+    else:
+        async def consume() -> None:
+            async for i in forever.remote():
+                if i == 2:
+                    break
+
+        asyncio.run(consume())
+    deadline = time.monotonic() + 3
+    while not handle.was_stopped.remote().result():
+        assert time.monotonic() < deadline, f"the generator kept running after {how}"
+        time.sleep(0.05)
+
+
 def test_stream_of_a_non_generator_is_a_clear_error(tricky: DeploymentHandle) -> None:
     with pytest.raises(TypeError, match="not a generator"):
         list(tricky.options(stream=True, method_name="not_a_generator").remote())
