@@ -55,6 +55,8 @@ class DeploymentConfig:
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
     graceful_shutdown_wait_loop_s: float = DEFAULT_GRACEFUL_SHUTDOWN_WAIT_LOOP_S
     ray_actor_options: dict[str, Any] = field(default_factory=dict)
+    #: Whether the user chose max_ongoing_requests (batch methods may raise it otherwise).
+    max_ongoing_requests_set: bool = False
 
     def __post_init__(self) -> None:
         n = self.num_replicas
@@ -94,6 +96,8 @@ class DeploymentConfig:
         unknown = set(options) - {f.name for f in fields(self)}
         if unknown:
             raise ConfigError(f"unknown deployment option(s): {', '.join(sorted(unknown))}")
+        if "max_ongoing_requests" in options:
+            options["max_ongoing_requests_set"] = True
         return replace(self, **options)
 
     def to_json(self) -> str:

@@ -39,6 +39,7 @@ from broker.streams import StreamWriter
 
 from ._procs import on_stdin_eof
 from . import http
+from .batching import batch_capacity
 from .config import DeploymentConfig
 from .handle import load_call_args
 from .streaming import drive
@@ -279,6 +280,9 @@ class Replica:
         dramatiq.Actor(self._handle_request, broker=broker, actor_name=codec.REQUEST_ACTOR,
                        queue_name=codec.REQUEST_QUEUE, priority=0, options={})
         concurrency = config.max_ongoing_requests
+        if not config.max_ongoing_requests_set:
+            # Batches fill from concurrent requests: let enough in (ray#43288).
+            concurrency = max(concurrency, batch_capacity(self.target))
         worker = dramatiq.Worker(broker, worker_threads=concurrency, worker_timeout=WORKER_TIMEOUT_MS)
         worker.queue_prefetch = concurrency  # never hold work an idle replica could take
         worker.start()

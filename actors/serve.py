@@ -19,6 +19,7 @@ import threading
 from typing import Any, Callable, Optional, Union
 
 from . import context as _ctx
+from .batching import batch
 from .config import ConfigError, DeploymentConfig
 from .deployment import Application, Deployment
 from .exceptions import DeploymentUnavailableError
@@ -26,7 +27,7 @@ from .handle import DeploymentHandle
 from .status import ServeStatus
 
 __all__ = [
-    "deployment", "run", "start", "status", "delete", "shutdown", "ingress",
+    "deployment", "run", "start", "status", "delete", "shutdown", "ingress", "batch",
     "get_app_handle", "get_deployment_handle", "Application", "Deployment",
 ]
 
@@ -69,7 +70,7 @@ def deployment(
         raise ConfigError(f"@serve.deployment got unknown option(s): {', '.join(sorted(unsupported))}")
     if given.get("ray_actor_options") is None:
         given.pop("ray_actor_options", None)
-    config = DeploymentConfig(**given)
+    config = DeploymentConfig(**given, max_ongoing_requests_set="max_ongoing_requests" in given)
 
     def decorate(func_or_class: Callable[..., Any]) -> Deployment:
         return Deployment(func_or_class, name or func_or_class.__name__, config)
