@@ -46,6 +46,8 @@ from .streaming import drive
 
 logger = logging.getLogger("mqserve.replica")
 
+#: Failed health checks in a row after which a replica is replaced (Ray Serve's threshold).
+UNHEALTHY_AFTER = 3
 #: Milliseconds a Dramatiq consumer or worker thread blocks before checking for shutdown.
 WORKER_TIMEOUT_MS = 1000
 
@@ -121,6 +123,9 @@ class Replica:
             return 1
         worker, broker = self._start_worker(config)
         self._record("RUNNING")
+        check = None if self.is_function else getattr(self.target, "check_health", None)
+        if callable(check) and config.health_check_period_s > 0 and self.loop_thread is not None:
+            asyncio.run_coroutine_threadsafe(self._watch_health(check, config), self.loop_thread.loop)
         logger.info("replica %s of %s/%s is serving", self.replica_id, self.app, self.deployment)
         self.stop_requested.wait()
         broker.draining.set()  # before STOPPING is visible: a deploy waiting on it may return
@@ -138,6 +143,30 @@ class Replica:
                 logger.info("event loop did not wind down cleanly: %s", e)
             self.loop_thread.stop()
         return 0
+
+    async def _watch_health(self, check: Callable[[], Any], config: DeploymentConfig) -> None:
+        """Call ``check_health`` every period; after :data:`UNHEALTHY_AFTER` failures in a
+        row (an exception or a timeout), stop, so that the controller starts a replacement."""
+        failures = 0
+        while not self.stop_requested.is_set():
+            await asyncio.sleep(config.health_check_period_s)
+            try:
+                if inspect.iscoroutinefunction(check):
+                    await asyncio.wait_for(check(), config.health_check_timeout_s)
+                else:
+                    await asyncio.wait_for(asyncio.to_thread(check), config.health_check_timeout_s)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:
+                failures += 1
+                reason = "timed out" if isinstance(e, asyncio.TimeoutError) else f"raised {type(e).__name__}: {e}"
+                logger.warning("health check %d/%d of %s %s", failures, UNHEALTHY_AFTER, self.replica_id, reason)
+                if failures >= UNHEALTHY_AFTER:
+                    message = f"check_health {reason} {failures} times in a row; replacing this replica"
+                    await asyncio.to_thread(self._record, "UNHEALTHY", message=message)
+                    self.stop_requested.set()
+                    return
 
     async def _quiesce(self) -> None:
         """Cancel what still runs on the loop and close its connections before it stops."""
