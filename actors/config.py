@@ -104,6 +104,13 @@ class DeploymentConfig:
         return json.dumps(asdict(self))
 
 
+def user_config_tag(user_config: Any) -> str:
+    """A short fingerprint of a user_config, so a replica can say which one it applied."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(user_config, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _check_autoscaling(config: dict[str, Any]) -> dict[str, Any]:
     unknown = set(config) - set(_AUTOSCALING_DEFAULTS) - {"look_back_period_s", "metrics_interval_s",
                                                          "upscaling_factor", "downscaling_factor",

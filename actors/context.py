@@ -7,6 +7,7 @@ interpreter exit tear it down, stopping local processes in order (node, then Red
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import sys
@@ -26,7 +27,7 @@ from broker.keys import Keys
 from broker.registry import Registry, RouteConflictError
 
 from ._local import LocalGateway, LocalNode, LocalRedis
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, user_config_tag
 from .deployment import Application, DeploymentPlan, build_app
 from .exceptions import DeployFailedError, DeploymentUnavailableError, rebuild_remote_error
 from .handle import DeploymentHandle
@@ -97,8 +98,16 @@ class ServeContext:
             raise ConfigError(f"Application '{name}' has no deployment(s) named {', '.join(sorted(unknown))}; "
                               f"it has {', '.join(p.name for p in plans)}.")
         plans = [replace(p, config=p.config.with_options(**(overrides or {}).get(p.name, {}))) for p in plans]
-        versions = {p.name: uuid.uuid4().hex[:12] for p in plans}
-        fields = {p.name: _registry_fields(p, versions[p.name]) for p in plans}
+        fields = {p.name: _registry_fields(p, uuid.uuid4().hex[:12]) for p in plans}
+        for p in plans:
+            # Same code and options but user_config: keep the version, so the running
+            # replicas reconfigure in place instead of being replaced (Ray's lightweight update).
+            old = self.registry.deployment(name, p.name)
+            if old is not None and not old["failed"] and old["spec"] == fields[p.name]["spec"] and \
+                    _without_user_config(old["config"]) == _without_user_config(json.loads(fields[p.name]["config"])):
+                fields[p.name]["version"] = old["version"]
+        versions = {d: f["version"] for d, f in fields.items()}
+        tags = {p.name: user_config_tag(p.config.user_config) for p in plans}
         record = {"name": name, "route_prefix": route_prefix, "ingress": ingress,
                   "deployments": [p.name for p in plans]}
         pubsub = self.registry.subscribe()
@@ -109,12 +118,13 @@ class ServeContext:
                 raise ConfigError(str(e)) from None
             self.apps.add(name)
             targets = {p.name: p.config.target_replicas for p in plans}
-            self._await_running(name, versions, targets, pubsub)
+            self._await_running(name, versions, targets, tags, pubsub)
         finally:
             pubsub.close()
         return self.handle(ingress, name)
 
-    def _await_running(self, app: str, versions: dict[str, str], targets: dict[str, int], pubsub: Any) -> None:
+    def _await_running(self, app: str, versions: dict[str, str], targets: dict[str, int], tags: dict[str, str],
+                       pubsub: Any) -> None:
         deadline = time.monotonic() + self.settings.deploy_timeout_s
         while True:
             records = self.registry.replica_sets(app, versions)
@@ -122,8 +132,8 @@ class ServeContext:
                 for rid, rec in reps.items():
                     if rec.get("version") == versions[dep] and rec.get("state") == "DEPLOY_FAILED":
                         raise self._constructor_error(app, dep, rid, rec)
-            ready = all(sum(1 for r in records[d].values() if r.get("version") == v and r.get("state") == "RUNNING")
-                        >= targets[d] for d, v in versions.items())
+            ready = all(sum(1 for r in records[d].values() if r.get("version") == v and r.get("state") == "RUNNING"
+                            and r.get("user_config_tag") == tags[d]) >= targets[d] for d, v in versions.items())
             # An upgrade is done when older replicas no longer take requests.
             retired = not any(r.get("version") != versions[d] and r.get("state") in ("STARTING", "RUNNING")
                               for d in versions for r in records[d].values())
@@ -197,6 +207,10 @@ class ServeContext:
         if self.local_redis is not None:
             self.local_redis.stop()
             self.local_redis = None
+
+
+def _without_user_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "user_config"}
 
 
 def _registry_fields(plan: DeploymentPlan, version: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from broker.streams import StreamWriter
 from ._procs import on_stdin_eof
 from . import http
 from .batching import batch_capacity
-from .config import DeploymentConfig
+from .config import DeploymentConfig, user_config_tag
 from .handle import load_call_args
 from .streaming import drive
 
@@ -98,11 +98,13 @@ class Replica:
         self.loop_thread: Optional[EventLoopThread] = None
         self.target: Any = None
         self.is_function = False
+        self.user_config_tag = ""
         self.ingress: Optional[http.ASGIApp] = None
 
     def _record(self, state: str, **extra: Any) -> None:
         self.registry.set_replica(self.app, self.deployment, self.replica_id, {
-            "state": state, "node": self.node_id, "pid": os.getpid(), "version": self.version, **extra})
+            "state": state, "node": self.node_id, "pid": os.getpid(), "version": self.version,
+            "user_config_tag": self.user_config_tag, **extra})
 
     def run(self) -> int:
         spec = self.registry.deployment(self.app, self.deployment)
@@ -111,6 +113,7 @@ class Replica:
             return 0
         self._record("STARTING")
         config = DeploymentConfig(**spec["config"])
+        self.user_config_tag = user_config_tag(config.user_config)
         try:
             self._construct(spec["spec"], config)
         except BaseException as e:
@@ -123,6 +126,7 @@ class Replica:
             return 1
         worker, broker = self._start_worker(config)
         self._record("RUNNING")
+        threading.Thread(target=self._follow_user_config, name="mqserve-reconfigure", daemon=True).start()
         check = None if self.is_function else getattr(self.target, "check_health", None)
         if callable(check) and config.health_check_period_s > 0 and self.loop_thread is not None:
             asyncio.run_coroutine_threadsafe(self._watch_health(check, config), self.loop_thread.loop)
@@ -143,6 +147,32 @@ class Replica:
                 logger.info("event loop did not wind down cleanly: %s", e)
             self.loop_thread.stop()
         return 0
+
+    def _follow_user_config(self) -> None:
+        """Apply a new user_config (same code redeployed) without a restart: call
+        ``reconfigure`` and report the config now in force."""
+        reconfigure = None if self.is_function else getattr(self.target, "reconfigure", None)
+        while not self.stop_requested.is_set():
+            try:
+                pubsub = self.registry.subscribe()
+                while not self.stop_requested.is_set():
+                    event = pubsub.get_message(timeout=1.0)
+                    if event is None or f'"app": "{self.app}"'.encode() not in event.get("data", b""):
+                        continue
+                    spec = self.registry.deployment(self.app, self.deployment)
+                    if spec is None or spec["version"] != self.version:
+                        continue  # deleted or upgraded: the controller replaces us
+                    user_config = spec["config"].get("user_config")
+                    tag = user_config_tag(user_config)
+                    if tag == self.user_config_tag:
+                        continue
+                    if callable(reconfigure) and user_config is not None:
+                        self._call(reconfigure, (user_config,), {})
+                    self.user_config_tag = tag
+                    self._record("RUNNING")
+            except Exception as e:  # Redis lost, or reconfigure raised: keep serving
+                logger.warning("could not follow user_config changes: %s", e)
+                self.stop_requested.wait(1.0)
 
     async def _watch_health(self, check: Callable[[], Any], config: DeploymentConfig) -> None:
         """Call ``check_health`` every period; after :data:`UNHEALTHY_AFTER` failures in a

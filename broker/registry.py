@@ -80,7 +80,8 @@ class Registry:
         raw = self.redis.hgetall(self.keys.deployment(app, dep))
         if not raw:
             return None
-        return {"spec": raw[b"spec"], "config": json.loads(raw[b"config"]), "version": raw[b"version"].decode()}
+        return {"spec": raw[b"spec"], "config": json.loads(raw[b"config"]), "version": raw[b"version"].decode(),
+                "failed": raw.get(b"state") == b"failed"}
 
     def deployment_versions(self, app: str, deps: Iterable[str]) -> dict[str, Optional[str]]:
         deps = list(deps)

@@ -172,3 +172,28 @@ def test_result_keys_do_not_pile_up(serve_instance) -> None:
         time.sleep(0.05)
         left = list(serve_instance.redis.scan_iter(match=keys.result("*")))
     assert left == []
+
+
+@serve.deployment(user_config={"greeting": "Hello"})
+class Configurable:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def reconfigure(self, config: dict) -> None:
+        self.greeting = config["greeting"]
+        self.calls += 1
+
+    def __call__(self) -> tuple:
+        return (self.greeting, os.getpid(), self.calls)
+
+
+def test_new_user_config_reconfigures_without_restart(serve_instance) -> None:
+    # Given a replica that got its user_config before the first request
+    handle = serve.run(Configurable.bind(), name="conf", route_prefix="/conf")
+    greeting, pid, calls = handle.remote().result()
+    assert (greeting, calls) == ("Hello", 1)
+    # When the same app is deployed again with only a new user_config
+    handle = serve.run(Configurable.options(user_config={"greeting": "Hola"}).bind(), name="conf",
+                       route_prefix="/conf")
+    # Then the same process answers, reconfigured
+    assert handle.remote().result() == ("Hola", pid, 2)
