@@ -70,28 +70,37 @@ class Controller:
     def _reconcile_deployment(self, app: str, dep: str, version: str, config: DeploymentConfig,
                               items: list[_Assigned], records: dict[str, dict[str, Any]],
                               load: dict[str, int]) -> None:
+        """Bring the deployment to ``target`` replicas of ``version``.
+
+        An upgrade rolls one replica at a time: start one of the new version; once it
+        runs, retire one of the old (which drains its in-flight requests); repeat. So
+        the deployment never has fewer than ``target`` replicas taking requests.
+        """
         reg = self.registry
         current = [i for i in items if i.version == version]
+        old = [i for i in items if i.version != version]
         failed = any(r.get("version") == version and r.get("state") == "DEPLOY_FAILED" for r in records.values())
         target = config.target_replicas
+        running = sum(1 for i in current if records.get(i.replica_id, {}).get("state") == "RUNNING")
         if failed:
             reg.mark_failed(app, dep, version, self.result_ttl_ms)
+            wanted = len(current)
         else:
-            for _ in range(target - len(current)):
-                node = min(load, key=lambda n: load[n], default=None)
-                if node is None:
-                    logger.warning("no live node to place a replica of %s/%s", app, dep)
-                    break
-                rid = f"{app}#{dep}#{uuid.uuid4().hex[:8]}"
-                reg.assign(node, rid, {"app": app, "deployment": dep, "version": version})
-                load[node] += 1
+            wanted = min(target, running + 1) if old else target
+        for _ in range(wanted - len(current)):
+            node = min(load, key=lambda n: load[n], default=None)
+            if node is None:
+                logger.warning("no live node to place a replica of %s/%s", app, dep)
+                break
+            rid = f"{app}#{dep}#{uuid.uuid4().hex[:8]}"
+            reg.assign(node, rid, {"app": app, "deployment": dep, "version": version})
+            load[node] += 1
         for extra in _prefer_unready(current, records)[:max(0, len(current) - target)]:
             reg.unassign(extra.node, extra.replica_id)
-        running = sum(1 for i in current if records.get(i.replica_id, {}).get("state") == "RUNNING")
-        if running >= target or failed:
-            for old in items:
-                if old.version != version:
-                    reg.unassign(old.node, old.replica_id)
+        # Retire old replicas as new ones run (all of them if the new version cannot start).
+        retire = len(old) if failed else max(0, running + len(old) - target)
+        for item in _prefer_unready(old, records)[:retire]:
+            reg.unassign(item.node, item.replica_id)
 
     def _drop_stale_records(self, wanted: set[tuple[str, str]],
                             assigned: dict[tuple[str, str], list[_Assigned]]) -> None:

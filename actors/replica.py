@@ -41,6 +41,7 @@ from ._procs import on_stdin_eof
 from . import http
 from .batching import batch_capacity
 from .config import DeploymentConfig, user_config_tag
+from .exceptions import RequestCancelledError
 from .handle import load_call_args
 from .streaming import drive
 
@@ -99,6 +100,9 @@ class Replica:
         self.target: Any = None
         self.is_function = False
         self.user_config_tag = ""
+        # Async requests running on the loop, by request id (for cancellation).
+        self.running: dict[str, concurrent.futures.Future[Any]] = {}
+        self.current = threading.local()
         self.ingress: Optional[http.ASGIApp] = None
 
     def _record(self, state: str, **extra: Any) -> None:
@@ -126,7 +130,7 @@ class Replica:
             return 1
         worker, broker = self._start_worker(config)
         self._record("RUNNING")
-        threading.Thread(target=self._follow_user_config, name="mqserve-reconfigure", daemon=True).start()
+        threading.Thread(target=self._follow_events, name="mqserve-events", daemon=True).start()
         check = None if self.is_function else getattr(self.target, "check_health", None)
         if callable(check) and config.health_check_period_s > 0 and self.loop_thread is not None:
             asyncio.run_coroutine_threadsafe(self._watch_health(check, config), self.loop_thread.loop)
@@ -148,16 +152,23 @@ class Replica:
             self.loop_thread.stop()
         return 0
 
-    def _follow_user_config(self) -> None:
-        """Apply a new user_config (same code redeployed) without a restart: call
-        ``reconfigure`` and report the config now in force."""
+    def _follow_events(self) -> None:
+        """Cancel running async requests whose callers cancelled them, and apply a new
+        user_config (same code redeployed) without a restart."""
         reconfigure = None if self.is_function else getattr(self.target, "reconfigure", None)
         while not self.stop_requested.is_set():
             try:
-                pubsub = self.registry.subscribe()
+                pubsub = self.registry.subscribe(cancellations=True)
                 while not self.stop_requested.is_set():
                     event = pubsub.get_message(timeout=1.0)
-                    if event is None or f'"app": "{self.app}"'.encode() not in event.get("data", b""):
+                    if event is None:
+                        continue
+                    if event["channel"] == self.keys.cancellations.encode():
+                        running = self.running.get(event["data"].decode())
+                        if running is not None:
+                            running.cancel()  # CancelledError inside the user's coroutine
+                        continue
+                    if f'"app": "{self.app}"'.encode() not in event.get("data", b""):
                         continue
                     spec = self.registry.deployment(self.app, self.deployment)
                     if spec is None or spec["version"] != self.version:
@@ -244,6 +255,7 @@ class Replica:
         handed to the event loop and its outcome written when it finishes, so this thread
         (and Dramatiq) is free for the next message meanwhile."""
         message: Any = CurrentMessage.get_current_message()
+        self.current.req_id = message.message_id
         if message.options.get("http"):
             message.deferred = self._http(message, payload)
             return
@@ -321,13 +333,20 @@ class Replica:
         outcome: concurrent.futures.Future[bytes] = concurrent.futures.Future()
 
         def done(task: "concurrent.futures.Future[Any]") -> None:
+            if task.cancelled():
+                outcome.set_result(codec.encode_error(RequestCancelledError("the caller cancelled the request")))
+                return
             try:
                 outcome.set_result(self.outcomes.encode(task.result()))
             except BaseException as e:
                 logger.error("deployment '%s' raised", self.deployment, exc_info=e)
                 outcome.set_result(codec.encode_error(e))
 
-        asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop_thread.loop).add_done_callback(done)
+        req_id = self.current.req_id
+        task = asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop_thread.loop)
+        self.running[req_id] = task
+        task.add_done_callback(lambda t: self.running.pop(req_id, None))
+        task.add_done_callback(done)
         return outcome
 
     def _start_worker(self, config: DeploymentConfig) -> tuple[dramatiq.Worker, ServeBroker]:

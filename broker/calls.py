@@ -150,7 +150,7 @@ class CallClient:
         qkey, ckey = self.keys.queue(app, dep), self.keys.cancelled(req_id)
 
         def add(batch: scripts.Batch) -> None:
-            batch.script(scripts.CANCEL, (qkey, ckey), (message, self.result_ttl_ms))
+            batch.script(scripts.CANCEL, (qkey, ckey), (message, self.result_ttl_ms, self.keys.cancellations, req_id))
 
         def done(res: Any) -> None:
             fut.set_result(res == 1)

@@ -98,6 +98,11 @@ class Keys:
         """Pub/sub channel announcing replica and app state changes."""
         return f"{self.ns}:events"
 
+    @property
+    def cancellations(self) -> str:
+        """Pub/sub channel of request ids cancelled while a replica may be running them."""
+        return f"{self.ns}:cancellations"
+
     def pattern(self, suffix: str = "*") -> str:
         """Glob over this namespace, for cleanup and diagnostics."""
         return f"{self.ns}:{suffix}"

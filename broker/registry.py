@@ -270,10 +270,11 @@ class Registry:
         if self.redis.get(self.keys.controller_lock) == candidate.encode():
             self.redis.delete(self.keys.controller_lock)
 
-    def subscribe(self) -> Any:
-        """A pub/sub subscription to state-change events (call ``get_message(timeout=)``)."""
+    def subscribe(self, *, cancellations: bool = False) -> Any:
+        """A pub/sub subscription to state-change events, and to cancelled request ids if
+        asked (call ``get_message(timeout=)``; ``channel`` tells them apart)."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.keys.events)
+        pubsub.subscribe(self.keys.events, *([self.keys.cancellations] if cancellations else []))
         return pubsub
 
     def clear_namespace(self) -> None:

@@ -266,3 +266,72 @@ def test_another_process_gets_app_handles_through_redis(serve_instance, echo, re
     proc = run_python(code, env={"MQSERVE_REDIS_URL": redis_url, "MQSERVE_NAMESPACE": namespace})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["far", "True"]
+
+
+@serve.deployment
+class Patient:
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def wait(self, seconds: float) -> str:
+        self.log.append("started")
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self.log.append("cancelled")
+            raise
+        self.log.append("finished")
+        return "done"
+
+    def events(self) -> list:
+        return list(self.log)
+
+
+def test_cancelling_a_running_async_call_raises_cancelled_error_inside_it(serve_instance) -> None:
+    handle = serve.run(Patient.bind(), name="patient", route_prefix="/patient")
+    response = handle.wait.remote(30)
+    deadline = time.monotonic() + 10
+    while handle.events.remote().result() != ["started"]:
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.02)
+    response.cancel()
+    with pytest.raises(RequestCancelledError):
+        response.result(timeout_s=5)
+    while handle.events.remote().result() != ["started", "cancelled"]:
+        assert time.monotonic() < deadline, "the replica's coroutine was not cancelled"
+        time.sleep(0.02)
+
+
+@serve.deployment(max_ongoing_requests=1, max_queued_requests=2)
+class Narrow:
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    async def __call__(self, i: int) -> int:
+        self.seen.append(i)
+        await asyncio.sleep(0.3 if i == 0 else 0)
+        return i
+
+    def ran(self) -> list:
+        return list(self.seen)
+
+
+def test_backpressure_rejects_at_once_and_never_runs_the_rejected(serve_instance) -> None:
+    from actors.exceptions import BackPressureError
+
+    handle = serve.run(Narrow.bind(), name="narrow", route_prefix="/narrow")
+    busy = handle.remote(0)
+    deadline = time.monotonic() + 10
+    while serve.status().applications["narrow"].deployments["Narrow"].ongoing_requests < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # Given one request running and two waiting (max_queued_requests=2)
+    waiting = [handle.remote(1), handle.remote(2)]
+    # When another arrives, it is refused at once
+    start = time.monotonic()
+    with pytest.raises(BackPressureError):
+        handle.remote(3).result(timeout_s=5)
+    assert time.monotonic() - start < 0.25
+    # And the others are served, while the refused one never ran
+    assert busy.result(timeout_s=10) == 0 and [r.result(timeout_s=10) for r in waiting] == [1, 2]
+    assert 3 not in handle.ran.remote().result()

@@ -197,3 +197,40 @@ def test_new_user_config_reconfigures_without_restart(serve_instance) -> None:
                        route_prefix="/conf")
     # Then the same process answers, reconfigured
     assert handle.remote().result() == ("Hola", pid, 2)
+
+
+def test_upgrade_under_load_fails_no_call(serve_instance) -> None:
+    handle = serve.run(Version.options(num_replicas=2).bind("old"), name="live", route_prefix="/live")
+    results: list = []
+    failures: list = []
+    stop = threading.Event()
+
+    def load() -> None:
+        # Given a steady stream of calls (about 100/s)
+        while not stop.is_set():
+            try:
+                results.append(handle.remote().result(timeout_s=30))
+            except Exception as e:  # noqa: BLE001 - any failure fails the test
+                failures.append(e)
+            time.sleep(0.01)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(results) < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # When the app is upgraded in place
+        serve.run(Version.options(num_replicas=2).bind("new"), name="live", route_prefix="/live")
+        seen = len(results)
+        while len(results) < seen + 20:
+            assert time.monotonic() < deadline + 20
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        worker.join()
+    # Then no call failed, and after the upgrade only the new code answers
+    assert failures == []
+    assert set(results[seen:]) == {"new"}
+    assert "old" in results and "new" in results
