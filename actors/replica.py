@@ -141,6 +141,10 @@ class Replica:
             self._record("STOPPING")
         except redis.RedisError as e:  # stopping because Redis (and the driver) went away
             logger.info("could not record STOPPING: %s", e)
+        # In-flight requests (async ones run on the loop, not on Dramatiq's threads) finish first.
+        if not broker.drain(config.graceful_shutdown_timeout_s):
+            logger.warning("requests still running after graceful_shutdown_timeout_s=%s; stopping anyway",
+                           config.graceful_shutdown_timeout_s)
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
         broker.close()
         close_clients()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from typing import Any, Iterable, Optional
@@ -73,7 +74,15 @@ class ServeBroker(dramatiq.Broker):
         self.draining = threading.Event()
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 1000) -> Consumer:
-        return _BlockingConsumer(self, prefetch=prefetch, timeout_ms=timeout)
+        self.consumer = _BlockingConsumer(self, prefetch=prefetch, timeout_ms=timeout)
+        return self.consumer
+
+    def drain(self, timeout_s: float) -> bool:
+        """Stop taking messages, put back those taken but not started, and wait up to
+        ``timeout_s`` for the rest (async work included) to finish. True if all did."""
+        self.draining.set()
+        consumer = getattr(self, "consumer", None)
+        return True if consumer is None else consumer.wait_idle(timeout_s)
 
     def declare_queue(self, queue_name: str) -> None:
         if queue_name not in self.queues:
@@ -167,6 +176,21 @@ class _BlockingConsumer(Consumer):
             self.unfinished += 1
         return _Proxy(message, raw)
 
+    def wait_idle(self, timeout_s: float) -> bool:
+        taken = list(self.taken)
+        self.taken.clear()
+        if taken:
+            self._put_back([m.raw for m in taken])
+            self._release(len(taken))
+        deadline = time.monotonic() + timeout_s
+        with self.slots:
+            while self.unfinished > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.slots.wait(remaining)
+        return True
+
     def _full(self) -> bool:
         return self.broker.draining.is_set() or self.unfinished >= self.prefetch
 
@@ -208,7 +232,7 @@ class _BlockingConsumer(Consumer):
     def _release(self, n: int) -> None:
         with self.slots:
             self.unfinished -= n
-            self.slots.notify(n)
+            self.slots.notify_all()  # the consumer thread and a draining replica both wait here
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Put taken-but-unstarted messages back at the head of the queue."""

@@ -234,3 +234,29 @@ def test_upgrade_under_load_fails_no_call(serve_instance) -> None:
     assert failures == []
     assert set(results[seen:]) == {"new"}
     assert "old" in results and "new" in results
+
+
+@serve.deployment
+class SlowAsync:
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    async def __call__(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return self.tag
+
+
+def test_a_retired_replica_finishes_its_running_async_requests(serve_instance) -> None:
+    handle = serve.run(SlowAsync.bind("old"), name="drain", route_prefix="/drain")
+    assert handle.remote(0).result() == "old"
+    # Given a slow async request running on the old replica
+    running = handle.remote(1.0)
+    deadline = time.monotonic() + 10
+    while serve.status().applications["drain"].deployments["SlowAsync"].ongoing_requests < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # When new code is deployed and the old replica retires
+    handle = serve.run(SlowAsync.bind("new"), name="drain", route_prefix="/drain")
+    # Then the running request still completes, on the old code
+    assert running.result(timeout_s=20) == "old"
+    assert handle.remote(0).result() == "new"
