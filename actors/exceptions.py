@@ -16,6 +16,7 @@ __all__ = [
     "DeploymentUnavailableError",
     "RequestCancelledError",
     "DeployFailedError",
+    "ReplicaDiedError",
 ]
 
 
@@ -41,6 +42,10 @@ class RequestCancelledError(ServeException, asyncio.CancelledError):
     It is also an ``asyncio.CancelledError``, as in Ray, so async code that handles
     cancellation sees it as one.
     """
+
+
+class ReplicaDiedError(ServeException):
+    """The replica running the request died before answering (killed, crashed)."""
 
 
 class DeployFailedError(ServeException):

@@ -29,6 +29,7 @@ from broker.registry import Registry
 from ._procs import child_preexec, on_stdin_eof
 from .config import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, Settings
 from .controller import Controller
+from .exceptions import ReplicaDiedError
 
 logger = logging.getLogger("mqserve.node")
 
@@ -121,6 +122,14 @@ class Node:
             return
         if proc.returncode not in (0, -signal.SIGTERM):
             logger.warning("replica %s exited with status %s", rid, proc.returncode)
+        # Requests it took and never answered fail now instead of hanging (not retried:
+        # they may have had effects; as in Ray, the caller decides).
+        lost = self.registry.fail_processing(
+            rid, "", self.result_ttl_ms,
+            ReplicaDiedError(f"The replica of deployment '{dep}' running this request died "
+                             f"(exit status {proc.returncode}) before answering."))
+        if lost:
+            logger.warning("replica %s died with %d request(s) unanswered; their callers got errors", rid, lost)
         self.registry.unassign(self.node_id, rid)
         self.registry.remove_replica(app, dep, rid)
 

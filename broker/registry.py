@@ -140,23 +140,39 @@ class Registry:
         self._fail_messages(queued, f"Application '{name}' was deleted before this request ran.", result_ttl_ms)
         return len(queued)
 
-    def _fail_messages(self, messages: list[bytes], reason: str, result_ttl_ms: int) -> None:
+    def _fail_messages(self, messages: list[bytes], reason: str, result_ttl_ms: int,
+                       error: Optional[BaseException] = None) -> None:
+        """Answer requests that will not run with an error (DeploymentUnavailableError by
+        default): through the reply path, or for streamed calls through their stream."""
         from actors.exceptions import DeploymentUnavailableError
 
-        outcome = codec.encode_error(DeploymentUnavailableError(reason))
+        outcome = codec.encode_error(error or DeploymentUnavailableError(reason))
         batch = scripts.Batch()
         for raw in messages:
             try:
                 fields = codec.decode_request(raw)
             except Exception:
                 continue
-            req_id, reply_to = fields["message_id"], fields["options"].get("reply_to", "")
+            req_id, options = fields["message_id"], fields["options"]
+            if options.get("stream"):
+                batch.command("xadd", self.keys.stream(req_id), {b"e": outcome})
+                batch.command("pexpire", self.keys.stream(req_id), result_ttl_ms)
+                continue
             batch.script(scripts.COMPLETE,
-                         (self.keys.result(req_id), self.keys.watchers(req_id), self.keys.pattern("none"), reply_to,
-                          self.keys.detached(req_id)),
+                         (self.keys.result(req_id), self.keys.watchers(req_id), self.keys.pattern("none"),
+                          options.get("reply_to", ""), self.keys.detached(req_id)),
                          (req_id, outcome, result_ttl_ms, b"", 1))
         if len(batch):
             batch.execute(self.redis)
+
+    def fail_processing(self, replica_id: str, reason: str, result_ttl_ms: int, error: BaseException) -> int:
+        """A replica died: fail the requests it had taken and not answered. Returns how many."""
+        pipe = self.redis.pipeline()
+        pipe.lrange(self.keys.processing(replica_id), 0, -1)
+        pipe.delete(self.keys.processing(replica_id))
+        taken = pipe.execute()[0]
+        self._fail_messages(taken, reason, result_ttl_ms, error)
+        return len(taken)
 
     # Replicas ---------------------------------------------------------------------------
     def set_replica(self, app: str, dep: str, replica_id: str, record: dict[str, Any]) -> None:

@@ -59,3 +59,44 @@ def test_a_killed_replica_is_replaced(serve_instance) -> None:
     first = handle.remote().result()
     os.kill(first, signal.SIGKILL)
     assert _wait_for_new_pid(handle, first, "SIGKILL") != first
+
+
+@serve.deployment
+class Victim:
+    def __call__(self, seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def count(self, n: int):
+        for i in range(n):
+            yield i
+            time.sleep(0.05)
+
+
+def test_requests_of_a_killed_replica_fail_instead_of_hanging(serve_instance) -> None:
+    import pytest
+
+    from actors.exceptions import ReplicaDiedError
+
+    handle = serve.run(Victim.bind(), name="victim", route_prefix="/victim")
+    pid = handle.pid.remote().result()
+    # Given a unary and a streamed request running on the replica
+    slow = handle.remote(30)
+    stream = handle.options(stream=True, method_name="count").remote(10_000)
+    assert next(stream) == 0
+    deadline = time.monotonic() + 10
+    while serve.status().applications["victim"].deployments["Victim"].ongoing_requests < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # When the replica is killed
+    os.kill(pid, signal.SIGKILL)
+    # Then both callers get a clear error within seconds, and a new replica serves
+    with pytest.raises(ReplicaDiedError, match="died"):
+        slow.result(timeout_s=15)
+    with pytest.raises(ReplicaDiedError):
+        for _ in stream:
+            pass
+    assert handle.remote(0).result(timeout_s=20) != pid
