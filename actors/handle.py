@@ -427,7 +427,7 @@ def load_call_args(client: CallClient, payload: bytes, refs: tuple[str, ...],
         values[req_id] = _embedded_outcome(fut.result(timeout=timeout_s))
     token = _resolved.set(values)
     try:
-        args, kwargs = codec.pickle.loads(payload)
+        args, kwargs = codec.decode_args(payload)
     finally:
         _resolved.reset(token)
     return args, kwargs

@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
-import pickle
 import os
 import signal
 import sys
@@ -300,7 +299,7 @@ class Replica:
     def _http(self, message: Any, payload: bytes) -> "concurrent.futures.Future[bytes]":
         """An HTTP request from the gateway, run through the ingress on the event loop."""
         assert self.loop_thread is not None
-        (snapshot,), _ = pickle.loads(payload)
+        (snapshot,), _ = codec.decode_args(payload)
         app = self._asgi_app()
         task_box: list[Any] = []
 

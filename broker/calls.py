@@ -191,10 +191,6 @@ class CallClient:
     def closed(self) -> bool:
         return self._closed
 
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._waiters)
-
     def close(self) -> None:
         with self._lock:
             if self._closed:

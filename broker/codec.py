@@ -83,6 +83,11 @@ def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     return _dumps((args, kwargs))
 
 
+def decode_args(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args, kwargs = pickle.loads(payload)
+    return args, kwargs
+
+
 def encode_value(value: Any) -> bytes:
     """An outcome holding a return value; raises if the value cannot be pickled."""
     if type(value) in _PLAIN:

@@ -222,12 +222,9 @@ class _BlockingConsumer(Consumer):
         self._release(1)
 
     def _complete(self, batch: scripts.Batch, message: Any, outcome: bytes) -> None:
-        keys, req_id = self.broker.keys, message.message_id
-        batch.script(scripts.COMPLETE,
-                     (keys.result(req_id), keys.watchers(req_id), self.broker.processing_key,
-                      message.options.get("reply_to", ""), keys.detached(req_id)),
-                     (req_id, outcome, self.broker.result_ttl_ms, message.raw,
-                      0 if outcome == STREAMED else 1))
+        scripts.complete(batch, self.broker.keys, message.message_id, outcome,
+                         reply_to=message.options.get("reply_to", ""), processing_key=self.broker.processing_key,
+                         raw=message.raw, ttl_ms=self.broker.result_ttl_ms, publish=outcome != STREAMED)
 
     def _release(self, n: int) -> None:
         with self.slots:

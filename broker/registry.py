@@ -83,16 +83,6 @@ class Registry:
         return {"spec": raw[b"spec"], "config": json.loads(raw[b"config"]), "version": raw[b"version"].decode(),
                 "failed": raw.get(b"state") == b"failed"}
 
-    def deployment_versions(self, app: str, deps: Iterable[str]) -> dict[str, Optional[str]]:
-        deps = list(deps)
-        pipe = self.redis.pipeline(transaction=False)
-        for dep in deps:
-            pipe.hmget(self.keys.deployment(app, dep), ["version", "config"])
-        out: dict[str, Optional[str]] = {}
-        for dep, (version, _) in zip(deps, pipe.execute()):
-            out[dep] = version.decode() if version else None
-        return out
-
     def deployment_configs(self, app: str, deps: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """name -> (version, config) for the registered ones among ``deps``."""
         deps = list(deps)
@@ -158,10 +148,8 @@ class Registry:
                 batch.command("xadd", self.keys.stream(req_id), {b"e": outcome})
                 batch.command("pexpire", self.keys.stream(req_id), result_ttl_ms)
                 continue
-            batch.script(scripts.COMPLETE,
-                         (self.keys.result(req_id), self.keys.watchers(req_id), self.keys.pattern("none"),
-                          options.get("reply_to", ""), self.keys.detached(req_id)),
-                         (req_id, outcome, result_ttl_ms, b"", 1))
+            scripts.complete(batch, self.keys, req_id, outcome, reply_to=options.get("reply_to", ""),
+                             processing_key=self.keys.pattern("none"), raw=b"", ttl_ms=result_ttl_ms)
         if len(batch):
             batch.execute(self.redis)
 
@@ -265,9 +253,6 @@ class Registry:
         pipe.execute()
 
     # Wake-ups and leadership ----------------------------------------------------------------
-    def wake_controller(self) -> None:
-        self.redis.lpush(self.keys.controller_wake, 1)
-
     def wake_node(self, node_id: str) -> None:
         self.redis.lpush(self.keys.node_wake(node_id), 1)
 

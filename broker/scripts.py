@@ -44,6 +44,15 @@ TAKE = Script("take")
 ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, LEAD, TAKE)
 
 
+def complete(batch: "Batch", keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,
+             raw: bytes, ttl_ms: int, publish: bool = True) -> None:
+    """Queue ``complete.lua`` for one request: publish its outcome (unless ``publish`` is
+    off: a streamed response) and drop ``raw`` from ``processing_key``."""
+    batch.script(COMPLETE,
+                 (keys.result(req_id), keys.watchers(req_id), processing_key, reply_to, keys.detached(req_id)),
+                 (req_id, outcome, ttl_ms, raw, 1 if publish else 0))
+
+
 def load_all(client: redis.Redis) -> None:
     """Load every script, so that pipelines can use EVALSHA straight away."""
     for script in ALL:

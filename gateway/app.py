@@ -23,6 +23,7 @@ from starlette.routing import Route as StarletteRoute
 
 from actors.exceptions import BackPressureError, DeploymentUnavailableError
 from actors.handle import wait_on_loop
+from actors.status import collect_status
 from broker import codec, streams
 from broker.calls import CallClient, get_client
 from broker.connection import connect
@@ -92,16 +93,9 @@ class Gateway:
         return JSONResponse(self.routes.as_dict())
 
     async def metrics_text(self, request: Request) -> Response:
-        def queues() -> list[tuple[str, str, int, int]]:
-            rows = []
-            for name, rec in self.registry.apps().items():
-                deps = rec["deployments"]
-                replicas = self.registry.replica_sets(name, deps)
-                load = self.registry.load(name, deps, {d: list(replicas[d]) for d in deps})
-                rows += [(name, d, load[d]["queued"], load[d]["ongoing"]) for d in deps]
-            return rows
-
-        rows = await asyncio.to_thread(queues)
+        status = await asyncio.to_thread(collect_status, self.registry)
+        rows = [(app, name, dep.queued_requests, dep.ongoing_requests)
+                for app, overview in status.applications.items() for name, dep in overview.deployments.items()]
         return PlainTextResponse(self.metrics.render(rows), media_type="text/plain; version=0.0.4")
 
     # The request path: raw ASGI, as the hot path skips Starlette's request/response objects.
