@@ -1,4 +1,5 @@
-"""The ``mqserve`` command: ``run``, ``status``, ``shutdown``, ``worker``, ``gateway``."""
+"""The ``mqserve`` command: ``run``, ``deploy``, ``status``, ``delete``, ``shutdown``,
+``worker``, ``gateway``."""
 
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ def _where(exc: BaseException) -> str:
     remote = re.findall(r'File "([^"]+)", line (\d+)', getattr(exc, "_mq_remote_traceback", "") or "")
     remote = [(f, n) for f, n in remote if os.sep + "actors" + os.sep not in f and "dramatiq" not in f]
     return f"{remote[-1][0]}, line {remote[-1][1]}" if remote else "unknown location"
+
+
+def _at(exc: BaseException) -> str:
+    """`` (file, line N)`` for errors raised in user code; mqserve's own errors say enough."""
+    from .exceptions import ServeException
+
+    where = _where(exc)
+    return "" if isinstance(exc, ServeException) or where == "unknown location" else f" ({where})"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -86,7 +95,7 @@ def _load_config(path: str) -> dict[str, Any]:
     return config
 
 
-def _deploy_all(opts: argparse.Namespace) -> list[tuple[str, Optional[str]]]:
+def _deploy_all(opts: argparse.Namespace, progress: Any = None) -> list[tuple[str, Optional[str]]]:
     """Deploy what ``opts.target`` names; returns (app name, route prefix) pairs."""
     from . import serve
     from .context import get_context
@@ -104,7 +113,7 @@ def _deploy_all(opts: argparse.Namespace) -> list[tuple[str, Optional[str]]]:
     http_options = {"host": opts.host or http.get("host"), "port": opts.port or http.get("port")}
     serve.start(redis_url=opts.redis_url, http_options={k: v for k, v in http_options.items() if v})
     for name, prefix, app, overrides in apps:
-        get_context().deploy(app, name, prefix, overrides)
+        get_context().deploy(app, name, prefix, overrides, progress=progress)
     return [(name, prefix) for name, prefix, _, _ in apps]
 
 
@@ -121,16 +130,56 @@ def _run(opts: argparse.Namespace) -> int:
         except CLIError:
             raise
         except Exception as e:
-            raise CLIError(f"Deploying {opts.target} failed: {_first_line(e)} ({_where(e)}).") from None
+            raise CLIError(f"Deploying {opts.target} failed: {_first_line(e)}{_at(e)}.") from None
         ctx = current_context()
-        base = f"http://{ctx.gateway.host}:{ctx.gateway.port}" if ctx and ctx.gateway else "(no HTTP)"
+        bases = [f"http://{ctx.gateway.host}:{ctx.gateway.port}"] if ctx and ctx.gateway else \
+            _gateway_urls(ctx.registry) if ctx else []
         for name, prefix in deployed:
-            print(f"mqserve: application '{name}' is running at {base}{prefix or ''}", flush=True)
+            where = " and ".join(f"{base}{prefix or ''}" for base in bases) or "(no gateway is running)"
+            print(f"mqserve: application '{name}' is running at {where}", flush=True)
         print("mqserve: press Ctrl-C to stop.", flush=True)
         stop.wait()
     finally:
         serve.shutdown()
     return 0
+
+
+def _deploy(opts: argparse.Namespace) -> int:
+    """Register the app(s) on a cluster and return once they serve; they outlive us."""
+    from .context import current_context, shutdown_context
+
+    if not (opts.redis_url or Settings.from_env().redis_url):
+        raise CLIError("mqserve deploy needs a cluster: pass --redis-url or set MQSERVE_REDIS_URL "
+                       "(to run an app on this machine alone, use mqserve run).")
+    opts.host = opts.port = None
+    try:
+        try:
+            deployed = _deploy_all(opts, progress=lambda line: print(f"mqserve: {line}", flush=True))
+        except CLIError:
+            raise
+        except Exception as e:
+            raise CLIError(f"Deploying {opts.target} failed: {_first_line(e)}{_at(e)}.") from None
+        ctx = current_context()
+        bases = _gateway_urls(ctx.registry) if ctx else []
+        for name, prefix in deployed:
+            where = " and ".join(f"{base}{prefix or ''}" for base in bases) or "the cluster's gateways"
+            print(f"mqserve: application '{name}' is serving at {where}", flush=True)
+    finally:
+        ctx = current_context()
+        if ctx is not None:
+            ctx.apps.clear()  # deployed apps stay when we exit
+        shutdown_context()
+    return 0
+
+
+def _gateway_urls(registry: Any) -> list[str]:
+    out = []
+    for rec in registry.gateways().values():
+        host = rec.get("host") or rec.get("hostname")
+        if host in ("0.0.0.0", "::", ""):
+            host = rec.get("hostname") or "localhost"
+        out.append(f"http://{host}:{rec.get('port')}")
+    return sorted(out)
 
 
 def _registry(opts: argparse.Namespace) -> Any:
@@ -151,16 +200,59 @@ def _status(opts: argparse.Namespace) -> int:
     if opts.json:
         print(json.dumps(status.to_dict(), indent=2))
         return 0
-    if not status.applications:
-        print("No applications.")
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: Any) -> str:
+    """``mqserve status`` as a readable table."""
+    import time
+
+    rows: list[list[str]] = [["APPLICATION", "STATUS", "ROUTE", "DEPLOYMENT", "STATUS", "REPLICAS", "QUEUED",
+                              "ONGOING", "PER WORKER"]]
+    messages = []
     for name, app in status.applications.items():
-        print(f"{name}  {app.status}  route_prefix={app.route_prefix}  ingress={app.ingress}")
+        first = True
         for dep_name, dep in app.deployments.items():
-            states = ", ".join(f"{k}={v}" for k, v in dep.replica_states.items()) or "no replicas"
-            print(f"  {dep_name}  {dep.status}  replicas: {states}  queued={dep.queued_requests} "
-                  f"ongoing={dep.ongoing_requests}")
+            running = dep.replica_states.get("RUNNING", 0)
+            others = ", ".join(f"{k.lower()} {v}" for k, v in dep.replica_states.items() if k != "RUNNING")
+            replicas = f"{running}/{dep.target_replicas}" + (f" ({others})" if others else "")
+            per_worker = ", ".join(f"{w}: {n}" for w, n in sorted(dep.replicas_per_worker.items())) or "-"
+            rows.append([name if first else "", app.status if first else "", str(app.route_prefix) if first else "",
+                         dep_name, dep.status, replicas, str(dep.queued_requests), str(dep.ongoing_requests),
+                         per_worker])
+            first = False
         if app.message:
-            print(f"  {app.message}")
+            messages.append(f"{name}: {app.message}")
+    lines = _table(rows) if len(rows) > 1 else ["No applications."]
+    now = time.time()
+    workers = [["WORKER", "HOST", "PID", "REPLICAS", "LAST SEEN"]]
+    for wid, rec in sorted(status.workers.items()):
+        cap = rec.get("max_replicas")
+        mark = " (controller)" if wid == status.controller else ""
+        workers.append([wid + mark, str(rec.get("host", "")), str(rec.get("pid", "")),
+                        f"{rec.get('replicas', 0)}" + (f"/{cap}" if cap is not None else ""),
+                        f"{now - rec.get('heartbeat', now):.0f} s ago"])
+    lines += [""] + (_table(workers) if len(workers) > 1 else ["No workers."])
+    gateways = [["GATEWAY", "ADDRESS", "PID"]]
+    for gid, rec in sorted(status.gateways.items()):
+        mark = " (controller)" if gid == status.controller else ""
+        gateways.append([gid + mark, f"{rec.get('host')}:{rec.get('port')}", str(rec.get("pid", ""))])
+    lines += [""] + (_table(gateways) if len(gateways) > 1 else ["No gateways."])
+    return "\n".join(lines + ([""] + messages if messages else []))
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _delete(opts: argparse.Namespace) -> int:
+    registry = _registry(opts)
+    if registry.app(opts.app_name) is None:
+        raise CLIError(f"There is no application named '{opts.app_name}'; mqserve status lists them.")
+    failed = registry.delete_app(opts.app_name, Settings.from_env().result_ttl_ms)
+    print(f"deleted application '{opts.app_name}'" + (f" ({failed} queued request(s) failed)" if failed else ""))
     return 0
 
 
@@ -176,6 +268,7 @@ def _worker(opts: argparse.Namespace) -> int:
     from .node import main as node_main
 
     argv = ["--redis-url", opts.redis_url] if opts.redis_url else []
+    argv += ["--max-replicas", str(opts.max_replicas)] if opts.max_replicas is not None else []
     return node_main(argv + (["--name", opts.name] if opts.name else []))
 
 
@@ -190,22 +283,30 @@ def _gateway(opts: argparse.Namespace) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="mqserve", description="Ray Serve's model on Redis and Dramatiq.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="deploy here (module:app or config.yaml) and block until Ctrl-C")
-    run.add_argument("target", metavar="IMPORT_PATH_OR_CONFIG",
-                     help="module:attribute of a bound application (e.g. hello:app), or a Ray Serve config YAML")
-    run.add_argument("--name", default="default")
-    run.add_argument("--route-prefix", default="/")
+    target_help = "module:attribute of a bound application (e.g. hello:app), or a Ray Serve config YAML"
+    run = sub.add_parser("run", help="deploy (here, or on the cluster with --redis-url) and block until Ctrl-C")
+    deploy = sub.add_parser("deploy", help="deploy onto a cluster's workers and return once it serves")
+    for p in (run, deploy):
+        p.add_argument("target", metavar="IMPORT_PATH_OR_CONFIG", help=target_help)
+        p.add_argument("--name", default="default", help="application name (default: default)")
+        p.add_argument("--route-prefix", default="/")
     run.set_defaults(fn=_run)
-    status = sub.add_parser("status", help="show applications and replicas")
+    deploy.set_defaults(fn=_deploy)
+    status = sub.add_parser("status", help="show applications, replicas, workers and gateways")
     status.add_argument("--json", action="store_true")
     status.set_defaults(fn=_status)
-    sub.add_parser("shutdown", help="delete every application").set_defaults(fn=_shutdown)
+    delete = sub.add_parser("delete", help="delete one application")
+    delete.add_argument("app_name", metavar="NAME")
+    delete.set_defaults(fn=_delete)
+    shutdown = sub.add_parser("shutdown", help="delete every application (workers keep running)")
+    shutdown.set_defaults(fn=_shutdown)
     worker = sub.add_parser("worker", help="run a node that hosts replicas")
-    worker.add_argument("--name", default=None)
+    worker.add_argument("--name", default=None, help="worker id (default: host name and a random suffix)")
+    worker.add_argument("--max-replicas", type=int, default=None, help="most replicas hosted here (default: no limit)")
     worker.set_defaults(fn=_worker)
     gateway = sub.add_parser("gateway", help="run an HTTP gateway")
     gateway.set_defaults(fn=_gateway)
-    for p in (run, status, sub.choices["shutdown"], worker, gateway):
+    for p in (run, deploy, status, delete, shutdown, worker, gateway):
         p.add_argument("--redis-url", default=None, help="Redis to use (default: MQSERVE_REDIS_URL)")
     for p in (run, gateway):
         p.add_argument("--host", default=None, help="HTTP host (default 127.0.0.1)")

@@ -23,6 +23,8 @@ DEFAULT_GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 2.0
 DEFAULT_RESULT_TTL_S = 300.0
 #: Seconds ``serve.run`` waits for an application's replicas before failing.
 DEFAULT_DEPLOY_TIMEOUT_S = 300.0
+#: Seconds a cluster deploy waits for a live ``mqserve worker`` before failing.
+DEFAULT_WORKER_WAIT_S = 30.0
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_NAMESPACE = "mqserve"
@@ -87,9 +89,9 @@ class DeploymentConfig:
     def target_replicas(self) -> int:
         """Replicas to run now: ``num_replicas``, or the autoscaler's starting point."""
         if self.autoscaling_config is not None:
-            auto = self.autoscaling_config
-            initial = auto.get("initial_replicas")
-            return int(initial if initial is not None else auto["min_replicas"])
+            from .autoscaler import initial_target
+
+            return initial_target(self.autoscaling_config)
         return int(self.num_replicas if self.num_replicas is not None else DEFAULT_NUM_REPLICAS)
 
     def with_options(self, **options: Any) -> "DeploymentConfig":
@@ -137,6 +139,8 @@ class Settings:
     http_port: int = DEFAULT_HTTP_PORT
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
     deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S
+    #: Seconds a cluster deploy waits for a worker to appear before failing.
+    worker_wait_s: float = DEFAULT_WORKER_WAIT_S
 
     @classmethod
     def from_env(cls, env: Optional[dict[str, str]] = None) -> "Settings":
@@ -148,6 +152,7 @@ class Settings:
             http_port=_number(env, "MQSERVE_HTTP_PORT", DEFAULT_HTTP_PORT, int),
             result_ttl_s=_number(env, "MQSERVE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S, float),
             deploy_timeout_s=_number(env, "MQSERVE_DEPLOY_TIMEOUT_S", DEFAULT_DEPLOY_TIMEOUT_S, float),
+            worker_wait_s=_number(env, "MQSERVE_WORKER_WAIT_S", DEFAULT_WORKER_WAIT_S, float),
         )
 
     @property

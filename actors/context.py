@@ -2,6 +2,10 @@
 
 ``serve.start`` creates one :class:`ServeContext` per process; ``serve.shutdown`` and
 interpreter exit tear it down, stopping local processes in order (node, then Redis).
+
+Two modes: with no Redis configured the context starts a private Redis, a node and a
+gateway here (local mode); with ``MQSERVE_REDIS_URL`` or ``serve.start(redis_url=)`` it
+starts nothing, and the cluster's ``mqserve worker`` processes host the replicas.
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import cloudpickle
 
 from broker import codec
 from broker.calls import close_clients
-from broker.connection import connect
+from broker.connection import connect, redact
 from broker.keys import Keys
 from broker.registry import Registry, RouteConflictError
 
@@ -37,6 +41,8 @@ logger = logging.getLogger("mqserve")
 
 #: Seconds between checks of the deploy state when no event arrives (events wake us sooner).
 EVENT_WAIT_S = 0.5
+#: Seconds without a heartbeat after which ``deploy`` does not count a worker as live.
+WORKER_FRESH_S = 5.0
 
 
 class ServeContext:
@@ -48,6 +54,8 @@ class ServeContext:
         self.http_options = dict(http_options or {})
         self.local_redis: Optional[LocalRedis] = None
         url = redis_url or settings.redis_url
+        #: Cluster mode: replicas run on the cluster's workers, HTTP on its gateways.
+        self.cluster = url is not None
         if url is None:
             self.local_redis = LocalRedis()
             url = self.local_redis.url
@@ -55,7 +63,7 @@ class ServeContext:
         self.keys = Keys(settings.namespace)
         self.registry = Registry(connect(url), self.keys)
         try:
-            self.registry.redis.ping()
+            self.registry.ping()
         except Exception as e:
             self._stop_local()
             raise ConnectionError(f"Cannot reach Redis at {url}: {e}. Check MQSERVE_REDIS_URL.") from e
@@ -66,9 +74,8 @@ class ServeContext:
             self.start_processes()
 
     def start_processes(self) -> None:
-        """Start this driver's node and HTTP gateway (once). Until cluster mode, the driver
-        always brings a node, so replicas run here."""
-        if self.node is not None:
+        """Local mode: start this driver's node and HTTP gateway (once)."""
+        if self.node is not None or self.cluster:
             return
         settings = self.settings
         self.node = LocalNode(self.url, settings.namespace)
@@ -88,9 +95,11 @@ class ServeContext:
 
     # Deploy ---------------------------------------------------------------------------------
     def deploy(self, app: Application, name: str, route_prefix: Optional[str],
-               overrides: Optional[dict[str, dict[str, Any]]] = None) -> DeploymentHandle:
+               overrides: Optional[dict[str, dict[str, Any]]] = None,
+               progress: Optional[Callable[[str], None]] = None) -> DeploymentHandle:
         """Register ``app`` and wait for its replicas; ``overrides`` maps deployment names
-        to options (a config file's ``deployments`` section)."""
+        to options (a config file's ``deployments`` section). ``progress`` gets a line
+        each time the count of running replicas changes."""
         self.start_processes()
         ingress, plans = build_app(app, lambda dep: self.handle(dep, name))
         unknown = set(overrides or {}) - {p.name for p in plans}
@@ -118,35 +127,61 @@ class ServeContext:
                 raise ConfigError(str(e)) from None
             self.apps.add(name)
             targets = {p.name: p.config.target_replicas for p in plans}
-            self._await_running(name, versions, targets, tags, pubsub)
+            self._await_running(name, versions, targets, tags, pubsub, progress)
         finally:
             pubsub.close()
         return self.handle(ingress, name)
 
     def _await_running(self, app: str, versions: dict[str, str], targets: dict[str, int], tags: dict[str, str],
-                       pubsub: Any) -> None:
+                       pubsub: Any, progress: Optional[Callable[[str], None]] = None) -> None:
         deadline = time.monotonic() + self.settings.deploy_timeout_s
+        no_worker_since: Optional[float] = None
+        said = ""
         while True:
             records = self.registry.replica_sets(app, versions)
             for dep, reps in records.items():
                 for rid, rec in reps.items():
                     if rec.get("version") == versions[dep] and rec.get("state") == "DEPLOY_FAILED":
                         raise self._constructor_error(app, dep, rid, rec)
-            ready = all(sum(1 for r in records[d].values() if r.get("version") == v and r.get("state") == "RUNNING"
-                            and r.get("user_config_tag") == tags[d]) >= targets[d] for d, v in versions.items())
+            running = {d: sum(1 for r in records[d].values() if r.get("version") == v and r.get("state") == "RUNNING"
+                              and r.get("user_config_tag") == tags[d]) for d, v in versions.items()}
+            ready = all(running[d] >= targets[d] for d in versions)
             # An upgrade is done when older replicas no longer take requests.
             retired = not any(r.get("version") != versions[d] and r.get("state") in ("STARTING", "RUNNING")
                               for d in versions for r in records[d].values())
+            if progress is not None:
+                line = ", ".join(f"{d} {running[d]}/{targets[d]}" for d in versions)
+                if line != said:
+                    progress(f"application '{app}': replicas running: {line}")
+                    said = line
             if ready and retired:
                 return
             if self.node is not None and not self.node.alive():
                 raise DeployFailedError("The local mqserve node process exited; see its output above.")
+            if self.cluster:
+                no_worker_since = self._check_workers(no_worker_since, progress)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeployFailedError(
                     f"Application '{app}' did not start within {self.settings.deploy_timeout_s} s "
                     "(MQSERVE_DEPLOY_TIMEOUT_S). Check the replica logs; serve.status() shows the state.")
             pubsub.get_message(timeout=min(EVENT_WAIT_S, remaining))
+
+    def _check_workers(self, since: Optional[float], progress: Optional[Callable[[str], None]]) -> Optional[float]:
+        """Fail a cluster deploy that has had no live worker for ``MQSERVE_WORKER_WAIT_S``."""
+        now = time.time()
+        if any(now - rec.get("heartbeat", 0) < WORKER_FRESH_S for rec in self.registry.nodes().values()):
+            return None
+        if since is None:
+            if progress is not None:
+                progress(f"waiting for a worker: none is running for namespace '{self.keys.ns}'")
+            return time.monotonic()
+        if time.monotonic() - since > self.settings.worker_wait_s:
+            raise DeployFailedError(
+                f"No mqserve worker is running for namespace '{self.keys.ns}' on {redact(self.url)}, "
+                f"so nothing can host the replicas. Start one: mqserve worker --redis-url URL "
+                "(or unset MQSERVE_REDIS_URL to run everything in this process's machine).")
+        return since
 
     def _constructor_error(self, app: str, dep: str, rid: str, rec: dict[str, Any]) -> BaseException:
         blob = self.registry.replica_error(rid)
@@ -188,9 +223,9 @@ class ServeContext:
         return record
 
     # Shutdown ---------------------------------------------------------------------------------
-    def shutdown(self) -> None:
+    def shutdown(self, delete_apps: bool = True) -> None:
         try:
-            for name in list(self.apps):
+            for name in list(self.apps if delete_apps else ()):
                 self.delete(name, blocking=False)
         except Exception as e:
             logger.warning("mqserve: could not delete apps at shutdown: %s", e)
@@ -224,23 +259,47 @@ def _registry_fields(plan: DeploymentPlan, version: str) -> dict[str, Any]:
 
 
 _LIBRARY_DIRS = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+_OWN_PACKAGES = ("actors", "broker", "gateway")
 
 
 def _pickle_user_code_by_value(obj: Any) -> None:
-    """Ship the user's own module inside the pickle, so replicas never import (and re-run) it.
+    """Ship the user's own code inside the pickle, so workers need neither its files nor
+    to import (and re-run) it: the module that defines ``obj``, and every module loaded
+    from the same source tree (its local helpers).
 
-    Installed packages stay by reference: replicas have them.
+    Installed packages stay by reference: workers have them installed.
     """
     module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    if module is None or module.__name__ == "__main__" or module.__name__.split(".")[0] in ("actors", "broker"):
+    if module is None or module.__name__ == "__main__":
         return
-    path = getattr(module, "__file__", None) or ""
-    if not path or os.path.abspath(path).startswith(_LIBRARY_DIRS):
+    path = _user_source(module)
+    if path is None:
         return
-    try:
-        cloudpickle.register_pickle_by_value(module)
-    except ValueError:
-        pass
+    root = _import_root(path)
+    for other in list(sys.modules.values()):
+        other_path = _user_source(other) if other is not None else None
+        if other_path is not None and (other is module or other_path.startswith(root + os.sep)):
+            try:
+                cloudpickle.register_pickle_by_value(other)
+            except ValueError:
+                pass
+
+
+def _user_source(module: Any) -> Optional[str]:
+    """The file of a module written by the user (not installed, not mqserve's), or None."""
+    name = getattr(module, "__name__", "") or ""
+    path = getattr(module, "__file__", None)
+    if not path or name == "__main__" or name.split(".")[0] in _OWN_PACKAGES:
+        return None
+    path = os.path.abspath(path)
+    return None if path.startswith(_LIBRARY_DIRS) else path
+
+
+def _import_root(path: str) -> str:
+    """The ``sys.path`` entry that ``path`` was imported from (the longest that holds it)."""
+    roots = [os.path.abspath(p or os.getcwd()) for p in sys.path]
+    holding = [r for r in roots if path.startswith(r + os.sep)]
+    return max(holding, key=len) if holding else os.path.dirname(path)
 
 
 _context: Optional[ServeContext] = None
@@ -273,4 +332,14 @@ def shutdown_context() -> None:
         ctx.shutdown()
 
 
-atexit.register(shutdown_context)
+def _at_exit() -> None:
+    """A driver that exits without ``serve.shutdown()`` leaves its cluster apps running
+    (as Ray Serve's apps outlive their driver); local mode stops everything."""
+    global _context
+    with _context_lock:
+        ctx, _context = _context, None
+    if ctx is not None:
+        ctx.shutdown(delete_apps=not ctx.cluster)
+
+
+atexit.register(_at_exit)

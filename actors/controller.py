@@ -1,9 +1,12 @@
 """The controller: makes the replicas that run match the applications registered.
 
-It runs inside a node process that holds the controller lease in Redis (one at a time),
-so there is no separate service to run. Each pass compares, per deployment, the
-replicas assigned to nodes with the target count of the current version, and
-assigns or unassigns replicas; nodes start and stop the processes.
+It runs in a thread of every node (``mqserve worker``) and gateway process, but acts in
+only one at a time: the one holding the controller lease in Redis. If that process dies
+the lease expires and another takes over, so there is no separate service to run. Each
+pass compares, per deployment, the replicas assigned to nodes with the target count of
+the current version (fixed, or the autoscaler's), and assigns or unassigns replicas;
+nodes start and stop the processes. Nodes that stop heartbeating are buried: the
+requests their replicas held fail, and their replicas are started elsewhere.
 
 Upgrades: replicas of an older version are unassigned once the new version has its
 target count RUNNING, so an app keeps answering while it is redeployed.
@@ -12,20 +15,33 @@ target count RUNNING, so an app keeps answering while it is redeployed.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
+import redis
+
+from broker.connection import connect
+from broker.keys import Keys
 from broker.registry import Registry
 
+from .autoscaler import ScaleState, decide, initial_target
 from .config import DeploymentConfig
+from .exceptions import ReplicaDiedError
 
 logger = logging.getLogger("mqserve.controller")
 
-#: Seconds without a heartbeat after which a node counts as dead.
-NODE_DEAD_AFTER_S = 15.0
+#: Seconds without a heartbeat after which a node (or gateway) counts as dead.
+#: Nodes heartbeat every second; with the lease below, a dead worker's replicas run
+#: elsewhere within about 7 s.
+NODE_DEAD_AFTER_S = 5.0
+#: Lease of the controller role in ms; the leader renews it every pass.
+CONTROLLER_LEASE_MS = 4000
+#: Seconds between passes when nothing wakes the controller (also the autoscaler's period).
+PASS_S = 0.5
 
 
 @dataclass
@@ -41,35 +57,85 @@ class Controller:
     def __init__(self, registry: Registry, *, result_ttl_ms: int) -> None:
         self.registry = registry
         self.result_ttl_ms = result_ttl_ms
+        #: Autoscaler timers (the targets themselves live in Redis, for the next leader).
+        self.scale: dict[tuple[str, str], ScaleState] = {}
+        self.unplaced: set[tuple[str, str]] = set()
 
     def reconcile(self) -> None:
         reg = self.registry
-        nodes = {n: rec for n, rec in reg.nodes().items()
-                 if time.time() - rec.get("heartbeat", 0) < NODE_DEAD_AFTER_S}
+        nodes = self._live_nodes()
         assigned: dict[tuple[str, str], list[_Assigned]] = defaultdict(list)
         load: dict[str, int] = {n: 0 for n in nodes}
         for node in nodes:
             for rid, rec in reg.assignments(node).items():
                 assigned[(rec["app"], rec["deployment"])].append(_Assigned(node, rid, rec["version"]))
                 load[node] += 1
+        capacity = {n: rec.get("max_replicas") for n, rec in nodes.items()}
+        scale_states = reg.scale_states()
         wanted: set[tuple[str, str]] = set()
         for app, record in reg.apps().items():
             deps = record["deployments"]
             configs = reg.deployment_configs(app, deps)
             replica_sets = reg.replica_sets(app, deps)
-            for dep, (version, config) in configs.items():
+            requests = reg.load(app, deps, {d: list(replica_sets.get(d, {})) for d in deps})
+            for dep, (version, raw_config) in configs.items():
                 wanted.add((app, dep))
-                self._reconcile_deployment(app, dep, version, DeploymentConfig(**config),
-                                           assigned[(app, dep)], replica_sets.get(dep, {}), load)
+                config = DeploymentConfig(**raw_config)
+                target = config.target_replicas
+                if config.autoscaling_config is not None:
+                    target = self._autoscale(app, dep, version, config.autoscaling_config,
+                                             scale_states.get((app, dep)), requests[dep])
+                self._reconcile_deployment(app, dep, version, target, assigned[(app, dep)],
+                                           replica_sets.get(dep, {}), load, capacity)
         for (app, dep), items in assigned.items():
             if (app, dep) not in wanted:
                 for item in items:
                     reg.unassign(item.node, item.replica_id)
+        for key in set(scale_states) - wanted:
+            reg.drop_scale_state(*key)
+            self.scale.pop(key, None)
         self._drop_stale_records(wanted, assigned)
 
-    def _reconcile_deployment(self, app: str, dep: str, version: str, config: DeploymentConfig,
+    def _live_nodes(self) -> dict[str, dict[str, Any]]:
+        """Nodes that heartbeat; bury the others (and forget silent gateways)."""
+        reg, now = self.registry, time.time()
+        live = {}
+        for node, rec in reg.nodes().items():
+            if now - rec.get("heartbeat", 0) < NODE_DEAD_AFTER_S:
+                live[node] = rec
+                continue
+            lost = reg.bury_node(node, self.result_ttl_ms, ReplicaDiedError(
+                f"The worker '{node}' running this request stopped responding (no heartbeat for "
+                f"{NODE_DEAD_AFTER_S:.0f} s) before answering."))
+            logger.warning("worker %s is gone; replacing its %d replica(s)", node, len(lost))
+        for gateway, rec in reg.gateways().items():
+            if now - rec.get("heartbeat", 0) >= NODE_DEAD_AFTER_S:
+                reg.remove_gateway(gateway)
+        return live
+
+    def _autoscale(self, app: str, dep: str, version: str, auto: dict[str, Any],
+                   saved: Optional[dict[str, Any]], load: dict[str, int]) -> int:
+        """The autoscaler's target for this pass; saved to Redis when it changes."""
+        key = (app, dep)
+        lo, hi = int(auto["min_replicas"]), int(auto["max_replicas"])
+        if saved is None:
+            current = initial_target(auto)
+        else:  # an upgrade keeps the current scale, within the new bounds
+            current = max(lo, min(hi, int(saved["target"])))
+        timers = self.scale.get(key) or ScaleState(current)
+        timers.target = current
+        state = decide(auto, timers, load["queued"] + load["ongoing"], time.time())
+        self.scale[key] = state
+        if saved is None or state.target != saved["target"] or saved.get("version") != version:
+            if saved is not None and state.target != saved["target"]:
+                logger.info("autoscaling %s/%s from %d to %d replicas (%d queued, %d running)",
+                            app, dep, saved["target"], state.target, load["queued"], load["ongoing"])
+            self.registry.set_scale_state(app, dep, {"version": version, "target": state.target})
+        return state.target
+
+    def _reconcile_deployment(self, app: str, dep: str, version: str, target: int,
                               items: list[_Assigned], records: dict[str, dict[str, Any]],
-                              load: dict[str, int]) -> None:
+                              load: dict[str, int], capacity: dict[str, Optional[int]]) -> None:
         """Bring the deployment to ``target`` replicas of ``version``.
 
         An upgrade rolls one replica at a time: start one of the new version; once it
@@ -80,7 +146,6 @@ class Controller:
         current = [i for i in items if i.version == version]
         old = [i for i in items if i.version != version]
         failed = any(r.get("version") == version and r.get("state") == "DEPLOY_FAILED" for r in records.values())
-        target = config.target_replicas
         running = sum(1 for i in current if records.get(i.replica_id, {}).get("state") == "RUNNING")
         if failed:
             reg.mark_failed(app, dep, version, self.result_ttl_ms)
@@ -88,10 +153,14 @@ class Controller:
         else:
             wanted = min(target, running + 1) if old else target
         for _ in range(wanted - len(current)):
-            node = min(load, key=lambda n: load[n], default=None)
+            node = _least_loaded(load, capacity)
             if node is None:
-                logger.warning("no live node to place a replica of %s/%s", app, dep)
+                if (app, dep) not in self.unplaced:
+                    logger.warning("no worker has room for a replica of %s/%s: start a worker "
+                                   "(mqserve worker) or raise --max-replicas", app, dep)
+                self.unplaced.add((app, dep))
                 break
+            self.unplaced.discard((app, dep))
             rid = f"{app}#{dep}#{uuid.uuid4().hex[:8]}"
             reg.assign(node, rid, {"app": app, "deployment": dep, "version": version})
             load[node] += 1
@@ -117,6 +186,73 @@ class Controller:
                     reg.remove_replica(app, dep, rid)
 
 
+def _least_loaded(load: dict[str, int], capacity: dict[str, Optional[int]]) -> Optional[str]:
+    """The node with the fewest replicas among those below their ``--max-replicas``."""
+    open_nodes = [n for n in load if capacity.get(n) is None or load[n] < int(capacity[n])]  # type: ignore[arg-type]
+    return min(open_nodes, key=lambda n: (load[n], n), default=None)
+
+
 def _prefer_unready(items: list[_Assigned], records: dict[str, dict[str, Any]]) -> list[_Assigned]:
     """Order replicas so that those not yet RUNNING are stopped first."""
     return sorted(items, key=lambda i: records.get(i.replica_id, {}).get("state") == "RUNNING")
+
+
+class ControllerLoop:
+    """The controller's thread in a node or gateway: compete for the lease, and while
+    holding it, reconcile on every wake-up and every :data:`PASS_S`.
+
+    ``heartbeat`` (if given) runs before every pass, whether or not this process leads.
+    """
+
+    def __init__(self, url: str, namespace: str, candidate: str, *, result_ttl_ms: int,
+                 heartbeat: Optional[Callable[[Registry], None]] = None) -> None:
+        self.url, self.keys, self.candidate = url, Keys(namespace), candidate
+        self.result_ttl_ms = result_ttl_ms
+        self.heartbeat = heartbeat
+        self.stopped = threading.Event()
+        self.leading = False
+        self.thread = threading.Thread(target=self._run, name="mqserve-controller", daemon=True)
+
+    def start(self) -> "ControllerLoop":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            Registry(connect(self.url), self.keys).wake_controller()  # leave the blocking wait
+        except redis.RedisError:
+            pass
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        registry: Optional[Registry] = None
+        controller: Optional[Controller] = None
+        while not self.stopped.is_set():
+            try:
+                if registry is None:
+                    registry = Registry(connect(self.url), self.keys)
+                    controller = Controller(registry, result_ttl_ms=self.result_ttl_ms)
+                if self.heartbeat is not None:
+                    self.heartbeat(registry)
+                leading = registry.lead(self.candidate, CONTROLLER_LEASE_MS)
+                if leading != self.leading:
+                    logger.info("%s %s the controller", self.candidate, "now runs" if leading else "no longer runs")
+                    self.leading = leading
+                if leading:
+                    assert controller is not None
+                    controller.reconcile()
+                    registry.wait_wake([self.keys.controller_wake], PASS_S)
+                else:
+                    self.stopped.wait(PASS_S)
+            except redis.RedisError as e:  # Redis restarting: retry
+                logger.warning("controller lost Redis (%s); retrying", e)
+                self.stopped.wait(1.0)
+            except Exception:  # a bad record must not stop the controller for good
+                logger.exception("controller pass failed; retrying")
+                self.stopped.wait(1.0)
+        if registry is not None:
+            try:
+                registry.resign(self.candidate)
+            except redis.RedisError:
+                pass

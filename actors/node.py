@@ -1,9 +1,10 @@
 """The node process: starts and stops the replica processes assigned to it.
 
-``mqserve worker`` runs one per machine in cluster mode; in local mode ``serve.run``
-starts one for the driver. A node also competes for the controller lease, so the
-controller runs wherever a node runs. It blocks on its wake-up list in Redis and
-reconciles whenever an assignment changes or a child process exits.
+``mqserve worker`` runs one (or several) per machine in cluster mode; in local mode
+``serve.run`` starts one for the driver. A node also runs a controller thread that
+competes for the controller lease (see :mod:`actors.controller`). Its main loop
+heartbeats, then blocks on its wake-up list in Redis, and reconciles whenever an
+assignment changes or a child process exits.
 """
 
 from __future__ import annotations
@@ -22,21 +23,19 @@ from typing import Optional
 
 import redis
 
-from broker.connection import connect
+from broker.connection import connect, redact
 from broker.keys import Keys
 from broker.registry import Registry
 
 from ._procs import child_preexec, on_stdin_eof
 from .config import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, Settings
-from .controller import Controller
+from .controller import ControllerLoop
 from .exceptions import ReplicaDiedError
 
 logger = logging.getLogger("mqserve.node")
 
 #: Seconds a node blocks on its wake-up list before a heartbeat pass.
 HEARTBEAT_S = 1.0
-#: Lease of the controller role in ms; renewed every pass.
-CONTROLLER_LEASE_MS = 5000
 #: Seconds added to a replica's graceful shutdown timeout before it is killed.
 KILL_GRACE_S = 5.0
 
@@ -44,11 +43,13 @@ KILL_GRACE_S = 5.0
 class Node:
     """Owns replica processes; one per ``mqserve worker`` (or local ``serve.run``)."""
 
-    def __init__(self, *, url: str, namespace: str, node_id: str, result_ttl_ms: int) -> None:
+    def __init__(self, *, url: str, namespace: str, node_id: str, result_ttl_ms: int,
+                 max_replicas: Optional[int] = None) -> None:
         self.url, self.keys, self.node_id = url, Keys(namespace), node_id
         self.result_ttl_ms = result_ttl_ms
+        self.max_replicas = max_replicas
         self.registry = Registry(connect(url), self.keys)
-        self.controller = Controller(self.registry, result_ttl_ms=result_ttl_ms)
+        self.controller = ControllerLoop(url, namespace, node_id, result_ttl_ms=result_ttl_ms)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.meta: dict[str, dict[str, str]] = {}
         self.stopping: dict[str, float] = {}
@@ -67,20 +68,19 @@ class Node:
 
     def run(self) -> None:
         reg = self.registry
-        logger.info("node %s serving namespace %s on %s", self.node_id, self.keys.ns, self.url)
+        logger.info("node %s serving namespace %s on %s", self.node_id, self.keys.ns, redact(self.url))
+        self.controller.start()
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "max_replicas": self.max_replicas}
         while not self.stop.is_set():
             try:
-                reg.register_node(self.node_id, {"host": socket.gethostname(), "pid": os.getpid()})
-                leader = reg.lead(self.node_id, CONTROLLER_LEASE_MS)
-                if leader:
-                    self.controller.reconcile()
+                reg.register_node(self.node_id, {**record, "replicas": len(self.procs)})
                 self.reconcile()
-                wake = [self.keys.node_wake(self.node_id)] + ([self.keys.controller_wake] if leader else [])
-                reg.wait_wake(wake, HEARTBEAT_S)
+                reg.wait_wake([self.keys.node_wake(self.node_id)], HEARTBEAT_S)
             except redis.RedisError as e:  # Redis restarting: keep our replicas, retry
                 if not self.stop.is_set():
                     logger.warning("node %s lost Redis (%s); retrying", self.node_id, e)
                     self.stop.wait(HEARTBEAT_S)
+        self.controller.stop()
         self.shutdown()
 
     def reconcile(self) -> None:
@@ -134,6 +134,12 @@ class Node:
         self.registry.remove_replica(app, dep, rid)
 
     def shutdown(self) -> None:
+        """Leave the cluster first, so the controller starts our replicas elsewhere while
+        these finish their running requests; then stop them."""
+        try:
+            self.registry.remove_node(self.node_id)
+        except Exception as e:  # Redis may already be gone in local mode
+            logger.info("node %s could not remove its record: %s", self.node_id, e)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
@@ -147,9 +153,7 @@ class Node:
         try:
             for rid in list(self.procs):
                 self._reap(rid)
-            self.registry.resign(self.node_id)
-            self.registry.remove_node(self.node_id)
-        except Exception as e:  # Redis may already be gone in local mode
+        except Exception as e:
             logger.info("node %s could not clean its records: %s", self.node_id, e)
 
 
@@ -159,6 +163,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--redis-url", default=settings.redis_url, required=settings.redis_url is None)
     parser.add_argument("--namespace", default=settings.namespace)
     parser.add_argument("--name", default=None, help="node id (default: host name and a random suffix)")
+    parser.add_argument("--max-replicas", type=int, default=None,
+                        help="most replicas this node hosts (default: no limit)")
     parser.add_argument("--watch-stdin", action="store_true", help="stop when stdin closes (local mode)")
     opts = parser.parse_args(argv)
     level = os.environ.get("MQSERVE_LOG_LEVEL", "INFO").upper()
@@ -166,8 +172,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=level,
                         format="%(asctime)s node %(levelname)s %(name)s: %(message)s")
     node_id = opts.name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    if opts.max_replicas is not None and opts.max_replicas < 0:
+        parser.error("--max-replicas must be 0 or more")
     node = Node(url=opts.redis_url, namespace=opts.namespace, node_id=node_id,
-                result_ttl_ms=settings.result_ttl_ms)
+                result_ttl_ms=settings.result_ttl_ms, max_replicas=opts.max_replicas)
     signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
     signal.signal(signal.SIGINT, lambda *_: node.request_stop())
     if opts.watch_stdin:

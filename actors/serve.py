@@ -82,9 +82,11 @@ def start(redis_url: Optional[str] = None, http_options: Optional[dict[str, Any]
           **_ignored: Any) -> None:
     """Connect this process to mqserve; with no Redis configured, start a private one.
 
-    ``redis_url`` (or ``MQSERVE_REDIS_URL``) points at an existing Redis; otherwise a
-    private ``redis-server`` and a node process start here and stop at ``shutdown()``
-    or exit. Called implicitly by ``run()``.
+    ``redis_url`` (or ``MQSERVE_REDIS_URL``) points at a cluster's Redis: replicas then
+    run on its ``mqserve worker`` processes and HTTP goes through its ``mqserve gateway``
+    processes; nothing starts here. Otherwise (local mode) a private ``redis-server``, a
+    node and a gateway start here and stop at ``shutdown()`` or exit. Called implicitly
+    by ``run()``.
     """
     ctx = _ctx.current_context()
     if ctx is not None:
@@ -130,7 +132,11 @@ def delete(name: str, _blocking: bool = True) -> None:
 
 
 def shutdown() -> None:
-    """Delete this driver's applications and stop the local processes it started."""
+    """Delete this driver's applications and stop the local processes it started.
+
+    In cluster mode the workers and gateways keep running. A driver that exits without
+    calling this leaves its cluster applications running, as Ray Serve's do.
+    """
     _ctx.shutdown_context()
 
 

@@ -22,6 +22,8 @@ class DeploymentStatusOverview:
     queued_requests: int = 0
     #: Requests replicas have taken and not yet answered.
     ongoing_requests: int = 0
+    #: Replicas per worker (node id -> count).
+    replicas_per_worker: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,6 +40,12 @@ class ApplicationStatusOverview:
 @dataclass
 class ServeStatus:
     applications: dict[str, ApplicationStatusOverview] = field(default_factory=dict)
+    #: Live worker (node) records by id: host, pid, replicas, max_replicas, heartbeat.
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Gateway records by id: host, port, pid, heartbeat.
+    gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Who runs the controller now.
+    controller: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,7 +53,8 @@ class ServeStatus:
 
 def collect_status(registry: Registry) -> ServeStatus:
     """Read every application's state from the registry."""
-    out = ServeStatus()
+    out = ServeStatus(workers=registry.nodes(), gateways=registry.gateways(), controller=registry.leader())
+    scaled = registry.scale_states()
     for name, record in registry.apps().items():
         deps = record["deployments"]
         configs = registry.deployment_configs(name, deps)
@@ -55,8 +64,10 @@ def collect_status(registry: Registry) -> ServeStatus:
         for dep in deps:
             if dep in configs:
                 version, config = configs[dep]
-                statuses[dep] = deployment_status(version, DeploymentConfig(**config).target_replicas,
-                                                  records[dep], load[dep])
+                target = DeploymentConfig(**config).target_replicas
+                if config.get("autoscaling_config") and (name, dep) in scaled:
+                    target = int(scaled[(name, dep)]["target"])
+                statuses[dep] = deployment_status(version, target, records[dep], load[dep])
         status, message = application_status(statuses)
         out.applications[name] = ApplicationStatusOverview(status, message, record.get("route_prefix"),
                                                            record.get("ingress", ""), statuses)
@@ -66,8 +77,10 @@ def collect_status(registry: Registry) -> ServeStatus:
 def deployment_status(version: str, target: int, records: dict[str, dict[str, Any]],
                       load: dict[str, int]) -> DeploymentStatusOverview:
     states: dict[str, int] = {}
+    per_worker: dict[str, int] = {}
     for rec in records.values():
         states[rec.get("state", "UNKNOWN")] = states.get(rec.get("state", "UNKNOWN"), 0) + 1
+        per_worker[rec.get("node", "?")] = per_worker.get(rec.get("node", "?"), 0) + 1
     current = [r for r in records.values() if r.get("version") == version]
     failed = [r for r in current if r.get("state") == "DEPLOY_FAILED"]
     running = sum(1 for r in current if r.get("state") == "RUNNING")
@@ -77,7 +90,8 @@ def deployment_status(version: str, target: int, records: dict[str, dict[str, An
         status, message = "HEALTHY", ""
     else:
         status, message = "UPDATING", f"{running} of {target} replicas running"
-    return DeploymentStatusOverview(status, message, states, target, load.get("queued", 0), load.get("ongoing", 0))
+    return DeploymentStatusOverview(status, message, states, target, load.get("queued", 0), load.get("ongoing", 0),
+                                    per_worker)
 
 
 def application_status(deployments: dict[str, DeploymentStatusOverview]) -> tuple[str, str]:

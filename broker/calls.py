@@ -92,7 +92,7 @@ class CallClient:
         args = (message, self.result_ttl_ms, *(self.keys.detached(r) for r in consumes))
 
         def add(batch: scripts.Batch) -> None:
-            batch.script(scripts.ENQUEUE, (dkey, qkey), args)
+            batch.script(scripts.ENQUEUE, (dkey, qkey, self.keys.controller_wake), args)
 
         def done(res: Any) -> None:
             if isinstance(res, Exception):

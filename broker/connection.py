@@ -48,3 +48,11 @@ def _options(url: str, client_name: str | None) -> dict[str, object]:
     if not url.startswith("unix:"):  # keepalive is a TCP option
         options["socket_keepalive"] = True
     return options
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    from urllib.parse import urlsplit
+
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", ":***@", 1) if password else url

@@ -23,7 +23,8 @@ class Keys:
 
     def deployment(self, app: str, dep: str) -> str:
         """HASH of one deployment: ``spec`` (cloudpickle), ``config`` (JSON), ``version``,
-        ``max_queued``, and ``state`` = 'failed' once its replicas cannot start."""
+        ``max_queued``, ``state`` = 'failed' once its replicas cannot start, and ``idle`` = '1'
+        while the autoscaler has it at zero replicas (a request then wakes the controller)."""
         return f"{self.ns}:dep:{app}:{dep}"
 
     def replicas(self, app: str, dep: str) -> str:
@@ -82,6 +83,16 @@ class Keys:
     def node_wake(self, node_id: str) -> str:
         """LIST a node blocks on; any push makes it reconcile at once."""
         return f"{self.ns}:node:{node_id}:wake"
+
+    @property
+    def gateways(self) -> str:
+        """HASH gateway id -> JSON gateway record (host, port, pid, heartbeat time)."""
+        return f"{self.ns}:gateways"
+
+    @property
+    def autoscale(self) -> str:
+        """HASH JSON [app, deployment] -> JSON autoscaler state (version, target replicas)."""
+        return f"{self.ns}:autoscale"
 
     @property
     def controller_lock(self) -> str:

@@ -32,6 +32,9 @@ class Registry:
         self.redis = client
         self.keys = keys
 
+    def ping(self) -> None:
+        self.redis.ping()
+
     # Applications and deployments --------------------------------------------------------
     def put_app(self, record: dict[str, Any], deployments: dict[str, dict[str, Any]]) -> None:
         """Register (or upgrade) an app and its deployments atomically.
@@ -78,7 +81,7 @@ class Registry:
     def deployment(self, app: str, dep: str) -> Optional[dict[str, Any]]:
         """``{"spec": bytes, "config": dict, "version": str}`` or None if not registered."""
         raw = self.redis.hgetall(self.keys.deployment(app, dep))
-        if not raw:
+        if b"spec" not in raw:
             return None
         return {"spec": raw[b"spec"], "config": json.loads(raw[b"config"]), "version": raw[b"version"].decode(),
                 "failed": raw.get(b"state") == b"failed"}
@@ -226,6 +229,17 @@ class Registry:
     def register_node(self, node_id: str, record: dict[str, Any]) -> None:
         self.redis.hset(self.keys.nodes, node_id, json.dumps({**record, "heartbeat": time.time()}))
 
+    def bury_node(self, node_id: str, result_ttl_ms: int, error: BaseException) -> list[str]:
+        """A node stopped heartbeating (its machine or process died, replicas with it):
+        fail the requests its replicas held, drop their records, then the node's.
+        Returns the ids of the replicas it had, so they can be started elsewhere."""
+        assigned = self.assignments(node_id)
+        for rid, rec in assigned.items():
+            self.fail_processing(rid, "", result_ttl_ms, error)
+            self.remove_replica(rec["app"], rec["deployment"], rid)
+        self.remove_node(node_id)
+        return list(assigned)
+
     def remove_node(self, node_id: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hdel(self.keys.nodes, node_id)
@@ -252,7 +266,48 @@ class Registry:
         pipe.lpush(self.keys.node_wake(node_id), 1)
         pipe.execute()
 
+    # Gateways ---------------------------------------------------------------------------------
+    def register_gateway(self, gateway_id: str, record: dict[str, Any]) -> None:
+        self.redis.hset(self.keys.gateways, gateway_id, json.dumps({**record, "heartbeat": time.time()}))
+
+    def remove_gateway(self, gateway_id: str) -> None:
+        self.redis.hdel(self.keys.gateways, gateway_id)
+
+    def gateways(self) -> dict[str, dict[str, Any]]:
+        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.keys.gateways).items()}
+
+    # Autoscaling ------------------------------------------------------------------------------
+    def scale_states(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(app, deployment) -> the autoscaler's state: ``version`` and current ``target``."""
+        raw = self.redis.hgetall(self.keys.autoscale)
+        return {tuple(json.loads(k)): json.loads(v) for k, v in raw.items()}  # type: ignore[misc]
+
+    def set_scale_state(self, app: str, dep: str, state: dict[str, Any]) -> None:
+        """Save the autoscaler's state (so a new controller leader carries on from it), and
+        flag a deployment scaled to zero, so that its next request wakes the controller."""
+        key = self.keys.deployment(app, dep)
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if not pipe.exists(key):
+                    return  # deleted meanwhile: leave no partial hash behind
+                pipe.multi()
+                pipe.hset(self.keys.autoscale, json.dumps([app, dep]), json.dumps(state))
+                if state["target"] == 0:
+                    pipe.hset(key, "idle", "1")
+                else:
+                    pipe.hdel(key, "idle")
+                pipe.execute()
+            except redis.WatchError:
+                return
+
+    def drop_scale_state(self, app: str, dep: str) -> None:
+        self.redis.hdel(self.keys.autoscale, json.dumps([app, dep]))
+
     # Wake-ups and leadership ----------------------------------------------------------------
+    def wake_controller(self) -> None:
+        self.redis.lpush(self.keys.controller_wake, 1)
+
     def wake_node(self, node_id: str) -> None:
         self.redis.lpush(self.keys.node_wake(node_id), 1)
 
@@ -266,6 +321,11 @@ class Registry:
 
     def lead(self, candidate: str, lease_ms: int) -> bool:
         return bool(scripts.LEAD(self.redis, (self.keys.controller_lock,), (candidate, lease_ms)))
+
+    def leader(self) -> Optional[str]:
+        """The id of the process running the controller, if any."""
+        raw = self.redis.get(self.keys.controller_lock)
+        return raw.decode() if raw else None
 
     def resign(self, candidate: str) -> None:
         if self.redis.get(self.keys.controller_lock) == candidate.encode():

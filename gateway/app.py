@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
+import socket
 import threading
 import time
+import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
@@ -21,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as StarletteRoute
 
+from actors.controller import ControllerLoop
 from actors.exceptions import BackPressureError, DeploymentUnavailableError
 from actors.handle import wait_on_loop
 from actors.status import collect_status
@@ -48,8 +52,10 @@ class Gateway:
     """Routes, client and counters of one gateway process."""
 
     def __init__(self, url: str, namespace: str, *, result_ttl_ms: int, max_body_bytes: int,
-                 timeout_s: Optional[float]) -> None:
+                 timeout_s: Optional[float], address: tuple[str, int] = ("", 0)) -> None:
         self.keys = Keys(namespace)
+        self.address = address
+        self.gateway_id = f"gateway-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.url = url
         self.result_ttl_ms = result_ttl_ms
         self.max_body_bytes = max_body_bytes
@@ -82,8 +88,19 @@ class Gateway:
         self.client = get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
         await self.reload()
         threading.Thread(target=self._watch_events, args=(asyncio.get_running_loop(),), daemon=True).start()
+        # Any gateway may run the controller, so a cluster whose workers all died recovers
+        # as soon as one comes back.
+        record = {"host": self.address[0], "port": self.address[1], "pid": os.getpid(),
+                  "hostname": socket.gethostname()}
+        controller = ControllerLoop(self.url, self.keys.ns, self.gateway_id, result_ttl_ms=self.result_ttl_ms,
+                                    heartbeat=lambda reg: reg.register_gateway(self.gateway_id, record)).start()
         yield
         self.stopped.set()
+        await asyncio.to_thread(controller.stop)
+        try:
+            await asyncio.to_thread(self.registry.remove_gateway, self.gateway_id)
+        except Exception:
+            pass  # Redis may be gone already
 
     # Endpoints ----------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
@@ -229,9 +246,11 @@ class _GatewayApp:
 
 
 def create_app(url: str, namespace: str, *, result_ttl_ms: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               timeout_s: Optional[float] = None) -> Any:
-    """The gateway's ASGI app; serve it with uvicorn (see ``gateway.server``)."""
-    gw = Gateway(url, namespace, result_ttl_ms=result_ttl_ms, max_body_bytes=max_body_bytes, timeout_s=timeout_s)
+               timeout_s: Optional[float] = None, address: tuple[str, int] = ("", 0)) -> Any:
+    """The gateway's ASGI app; serve it with uvicorn (see ``gateway.server``). ``address``
+    is where it listens, announced in Redis for ``mqserve status``."""
+    gw = Gateway(url, namespace, result_ttl_ms=result_ttl_ms, max_body_bytes=max_body_bytes, timeout_s=timeout_s,
+                 address=address)
     admin = Starlette(routes=[
         StarletteRoute("/-/healthz", gw.healthz, methods=["GET"]),
         StarletteRoute("/-/routes", gw.list_routes, methods=["GET"]),

@@ -44,7 +44,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     max_body = int(os.environ.get("MQSERVE_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES)
     timeout = os.environ.get("MQSERVE_HTTP_TIMEOUT_S")
     app = create_app(opts.redis_url, opts.namespace, result_ttl_ms=settings.result_ttl_ms,
-                     max_body_bytes=max_body, timeout_s=float(timeout) if timeout else None)
+                     max_body_bytes=max_body, timeout_s=float(timeout) if timeout else None,
+                     address=(opts.host, opts.port))
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
                             lifespan="on", timeout_keep_alive=90)
     server = _Server(config, opts.ready_fd)

@@ -24,6 +24,7 @@ from actors._local import find_redis_server  # noqa: E402
 from broker.connection import connect  # noqa: E402
 from broker.keys import Keys  # noqa: E402
 from broker.registry import Registry  # noqa: E402
+from tests.cluster import LocalCluster  # noqa: E402
 
 
 def free_port() -> int:
@@ -58,22 +59,34 @@ def namespace() -> str:
 
 
 @pytest.fixture(scope="module")
-def serve_instance(redis_url: str, namespace: str) -> Iterator[Registry]:
-    """serve started against the session Redis in a namespace of the module's own.
-
-    Yields the namespace's registry, so tests can look at what is in Redis.
-    """
+def cluster(redis_url: str, namespace: str) -> Iterator[LocalCluster]:
+    """One worker and one gateway (on ``MQSERVE_HTTP_PORT``) in the module's namespace."""
     os.environ["MQSERVE_NAMESPACE"] = namespace
     os.environ["MQSERVE_HTTP_PORT"] = str(free_port())
+    local = LocalCluster(redis_url, namespace)
     try:
-        serve.start(redis_url=redis_url)
-        registry = Registry(connect(redis_url), Keys(namespace))
-        yield registry
+        local.add_worker(f"{namespace}-w1")
+        local.add_gateway(int(os.environ["MQSERVE_HTTP_PORT"]))
+        yield local
     finally:
-        serve.shutdown()
+        left = local.stop()
         os.environ.pop("MQSERVE_NAMESPACE", None)
         os.environ.pop("MQSERVE_HTTP_PORT", None)
         Registry(connect(redis_url), Keys(namespace)).clear_namespace()
+        assert left == [], f"processes left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def serve_instance(cluster: LocalCluster, redis_url: str) -> Iterator[Registry]:
+    """serve connected (cluster mode) to the module's cluster on the session Redis.
+
+    Yields the namespace's registry, so tests can look at what is in Redis.
+    """
+    try:
+        serve.start(redis_url=redis_url)
+        yield cluster.registry
+    finally:
+        serve.shutdown()
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

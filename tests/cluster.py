@@ -1,0 +1,114 @@
+"""A cluster on one machine for tests: ``mqserve worker`` and ``mqserve gateway`` processes
+sharing the session's Redis under a namespace of their own.
+
+Every process carries the namespace in its command line (replicas inherit it from
+their worker), so :meth:`LocalCluster.stop` can prove that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import httpx
+
+from broker.connection import connect
+from broker.keys import Keys
+from broker.registry import Registry
+
+from .procs import kill_all, wait_until_gone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def poll(predicate, timeout_s: float = 30.0, interval_s: float = 0.05, what: str = "condition"):
+    """Call ``predicate`` until it returns something truthy; fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class LocalCluster:
+    """Workers and gateways as real processes; stop() kills whatever is left."""
+
+    def __init__(self, redis_url: str, namespace: str) -> None:
+        self.redis_url, self.namespace = redis_url, namespace
+        self.registry = Registry(connect(redis_url), Keys(namespace))
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.gateways: dict[int, subprocess.Popen[bytes]] = {}
+        self.env = {**os.environ, "PYTHONPATH": ROOT, "MQSERVE_NAMESPACE": namespace}
+        self.env.pop("MQSERVE_REDIS_URL", None)
+
+    def add_worker(self, name: str, *, max_replicas: Optional[int] = None, wait: bool = True,
+                   cwd: str = "/") -> subprocess.Popen[bytes]:
+        """Start a worker from a directory where the tests' modules cannot be imported."""
+        env = {k: v for k, v in self.env.items() if k != "PYTHONPATH"}
+        cmd = [sys.executable, "-m", "actors.node", "--redis-url", self.redis_url, "--namespace", self.namespace,
+               "--name", name] + (["--max-replicas", str(max_replicas)] if max_replicas is not None else [])
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+        self.workers[name] = proc
+        if wait:
+            poll(lambda: name in self.registry.nodes(), what=f"worker {name} to register")
+        return proc
+
+    def add_gateway(self, port: int, *, wait: bool = True) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "gateway", "--redis-url", self.redis_url, "--namespace", self.namespace,
+               "--host", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL)
+        self.gateways[port] = proc
+        if wait:
+            poll(lambda: _healthy(port, proc), what=f"gateway on port {port}")
+        return proc
+
+    def kill_worker(self, name: str) -> None:
+        """kill -9: the worker's replicas die with it (they have a parent-death signal)."""
+        proc = self.workers.pop(name)
+        proc.kill()
+        proc.wait()
+
+    def stop_worker(self, name: str, timeout_s: float = 30.0) -> None:
+        proc = self.workers.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout_s)
+
+    def replicas_by_worker(self, app: str, dep: str, state: str = "RUNNING") -> dict[str, int]:
+        out: dict[str, int] = {}
+        for rec in self.registry.replicas(app, dep).values():
+            if rec.get("state") == state:
+                out[rec["node"]] = out.get(rec["node"], 0) + 1
+        return out
+
+    def stop(self) -> list[int]:
+        """Stop everything (TERM, then KILL) and return the pids still alive (none)."""
+        procs = list(self.workers.values()) + list(self.gateways.values())
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        kill_all(self.namespace, procs)
+        self.workers.clear()
+        self.gateways.clear()
+        return wait_until_gone(self.namespace, timeout_s=10)
+
+
+def _healthy(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"gateway on port {port} exited with status {proc.returncode}")
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
