@@ -42,6 +42,8 @@ NODE_DEAD_AFTER_S = 5.0
 CONTROLLER_LEASE_MS = 4000
 #: Seconds between passes when nothing wakes the controller (also the autoscaler's period).
 PASS_S = 0.5
+#: Seconds between sweeps for records of failed replicas that nothing refers to any more.
+SWEEP_S = 10.0
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Controller:
         #: Autoscaler timers (the targets themselves live in Redis, for the next leader).
         self.scale: dict[tuple[str, str], ScaleState] = {}
         self.unplaced: set[tuple[str, str]] = set()
+        self.swept_at = 0.0
 
     def reconcile(self) -> None:
         reg = self.registry
@@ -94,7 +97,9 @@ class Controller:
         for key in set(scale_states) - wanted:
             reg.drop_scale_state(*key)
             self.scale.pop(key, None)
-        self._drop_stale_records(wanted, assigned)
+        if time.monotonic() - self.swept_at > SWEEP_S:  # a key scan: not on every pass
+            self.swept_at = time.monotonic()
+            self._drop_stale_records(wanted, assigned)
 
     def _live_nodes(self) -> dict[str, dict[str, Any]]:
         """Nodes that heartbeat; bury the others (and forget silent gateways)."""

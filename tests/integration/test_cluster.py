@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -240,3 +241,31 @@ def test_many_concurrent_calls_through_two_gateways(fresh: LocalCluster) -> None
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(call, range(64))) == {200}
+
+
+def test_run_on_a_cluster_deletes_its_app_at_ctrl_c(fresh: LocalCluster, redis_url: str) -> None:
+    fresh.add_worker("w-a")
+    port = free_port()
+    fresh.add_gateway(port)
+    env = {**os.environ, "MQSERVE_NAMESPACE": fresh.namespace, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "examples.hello:language_classifier",
+                             "--redis-url", redis_url], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "press Ctrl-C" in line:
+                break
+        assert f"http://127.0.0.1:{port}/" in "".join(lines), lines
+        r = httpx.post(f"http://127.0.0.1:{port}/", json={"language": "spanish", "name": "Dora"}, timeout=30)
+        assert r.text == "Hola Dora"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert fresh.registry.apps() == {}
+        assert "w-a" in fresh.registry.nodes()  # the cluster stays
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
