@@ -16,7 +16,7 @@ import threading
 import uuid
 from typing import IO, Optional
 
-from ._procs import child_preexec
+from ._procs import child_preexec, stop_process
 
 
 class LocalSetupError(RuntimeError):
@@ -72,13 +72,7 @@ class LocalRedis:
         raise LocalSetupError("redis-server exited before it was ready:\n" + "".join(lines[-20:]))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -92,9 +86,8 @@ class LocalNode:
     def __init__(self, url: str, namespace: str) -> None:
         self.node_id = f"local-{uuid.uuid4().hex[:8]}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.node", "--redis-url", url, "--namespace", namespace,
-             "--name", self.node_id, "--watch-stdin"],
-            stdin=subprocess.PIPE, env=_child_env(), preexec_fn=child_preexec)
+            [sys.executable, "-m", "actors.node", "--namespace", namespace, "--name", self.node_id, "--watch-stdin"],
+            stdin=subprocess.PIPE, env=_child_env(url), preexec_fn=child_preexec)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -120,9 +113,9 @@ class LocalGateway:
         read_fd, write_fd = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "--redis-url", url, "--namespace", namespace,
+                [sys.executable, "-m", "gateway", "--namespace", namespace,
                  "--host", host, "--port", str(port), "--ready-fd", str(write_fd)],
-                stdin=subprocess.DEVNULL, env=_child_env(), pass_fds=(write_fd,), preexec_fn=child_preexec)
+                stdin=subprocess.DEVNULL, env=_child_env(url), pass_fds=(write_fd,), preexec_fn=child_preexec)
         finally:
             os.close(write_fd)
         self.ready = os.fdopen(read_fd, "rb")
@@ -138,19 +131,14 @@ class LocalGateway:
                 "Choose another with MQSERVE_HTTP_PORT or serve.start(http_options={'port': ...}).")
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout_s)
 
 
-def _child_env() -> dict[str, str]:
-    """Our environment, with the driver's import path: replicas load code by cloudpickle,
-    and modules it pickles by reference must import there too."""
-    env = dict(os.environ)
+def _child_env(url: str) -> dict[str, str]:
+    """Our environment, with the Redis URL (in the environment, not argv: it may hold a
+    password) and the driver's import path: replicas load code by cloudpickle, and
+    modules it pickles by reference must import there too."""
+    env = {**os.environ, "MQSERVE_REDIS_URL": url}
     paths = [p for p in [os.getcwd(), *sys.path] if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 _PR_SET_PDEATHSIG = 1
 
@@ -34,3 +35,26 @@ def on_stdin_eof(callback: Callable[[], None]) -> None:
     except OSError:
         pass
     callback()
+
+
+def stop_process(proc: "subprocess.Popen[Any]", timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``; always reaps the process."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def stop_all(procs: "list[subprocess.Popen[Any]]", timeout_s: float = 30.0) -> None:
+    """SIGTERM every process at once, then SIGKILL those still running after ``timeout_s``."""
+    import time
+
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        stop_process(proc, max(0.1, deadline - time.monotonic()))

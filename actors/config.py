@@ -57,6 +57,10 @@ class DeploymentConfig:
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
     graceful_shutdown_wait_loop_s: float = DEFAULT_GRACEFUL_SHUTDOWN_WAIT_LOOP_S
     ray_actor_options: dict[str, Any] = field(default_factory=dict)
+    #: mqserve's own: times a request is run again on another replica when the replica
+    #: running it dies. 0 (default) fails it with ReplicaDiedError, as Ray Serve does:
+    #: it may have had effects. Streamed calls are never retried.
+    max_request_retries: int = 0
     #: Whether the user chose max_ongoing_requests (batch methods may raise it otherwise).
     max_ongoing_requests_set: bool = False
 
@@ -71,6 +75,9 @@ class DeploymentConfig:
             object.__setattr__(self, "autoscaling_config", _check_autoscaling(self.autoscaling_config))
         if not isinstance(self.max_ongoing_requests, int) or self.max_ongoing_requests < 1:
             raise ConfigError(f"max_ongoing_requests must be an int >= 1, got {self.max_ongoing_requests!r}")
+        r = self.max_request_retries
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ConfigError(f"max_request_retries must be an int >= 0, got {r!r}")
         q = self.max_queued_requests
         if not isinstance(q, int) or (q != -1 and q < 1):
             raise ConfigError(f"max_queued_requests must be -1 (unlimited) or an int >= 1, got {q!r}")

@@ -66,7 +66,7 @@ class ServeContext:
             self.registry.ping()
         except Exception as e:
             self._stop_local()
-            raise ConnectionError(f"Cannot reach Redis at {url}: {e}. Check MQSERVE_REDIS_URL.") from e
+            raise ConnectionError(f"Cannot reach Redis at {redact(url)}: {e}. Check MQSERVE_REDIS_URL.") from e
         self.node: Optional[LocalNode] = None
         self.gateway: Optional[LocalGateway] = None
         self.apps: set[str] = set()
@@ -251,7 +251,7 @@ def _without_user_config(config: dict[str, Any]) -> dict[str, Any]:
 def _registry_fields(plan: DeploymentPlan, version: str) -> dict[str, Any]:
     _pickle_user_code_by_value(plan.func_or_class)
     try:
-        spec = cloudpickle.dumps((plan.func_or_class, plan.init_args, plan.init_kwargs))
+        spec = codec.seal(cloudpickle.dumps((plan.func_or_class, plan.init_args, plan.init_kwargs)))
     except Exception as e:
         raise ConfigError(f"Deployment '{plan.name}' or its bound arguments cannot be pickled: {e}") from e
     return {"spec": spec, "config": plan.config.to_json(), "version": version,

@@ -42,6 +42,9 @@ NODE_DEAD_AFTER_S = 5.0
 CONTROLLER_LEASE_MS = 4000
 #: Seconds between passes when nothing wakes the controller (also the autoscaler's period).
 PASS_S = 0.5
+#: Seconds after a Redis restart that lost its data during which the controller removes
+#: nothing, while workers and replicas write their records back.
+RESTORE_GRACE_S = 5.0
 #: Seconds between sweeps for records of failed replicas that nothing refers to any more.
 SWEEP_S = 10.0
 
@@ -63,9 +66,18 @@ class Controller:
         self.scale: dict[tuple[str, str], ScaleState] = {}
         self.unplaced: set[tuple[str, str]] = set()
         self.swept_at = 0.0
+        self.run_id: Optional[str] = None
+        self.restoring_until = 0.0
 
     def reconcile(self) -> None:
         reg = self.registry
+        lost, self.run_id = reg.data_lost(self.run_id)
+        if lost:  # Redis restarted empty: give the owners time to write their records back
+            logger.warning("Redis lost its data; waiting %.0f s for workers and replicas to restore it",
+                           RESTORE_GRACE_S)
+            self.restoring_until = time.monotonic() + RESTORE_GRACE_S
+        if time.monotonic() < self.restoring_until:
+            return  # an app not restored yet is not an app deleted
         nodes = self._live_nodes()
         assigned: dict[tuple[str, str], list[_Assigned]] = defaultdict(list)
         load: dict[str, int] = {n: 0 for n in nodes}
@@ -87,7 +99,8 @@ class Controller:
                 target = config.target_replicas
                 if config.autoscaling_config is not None:
                     target = self._autoscale(app, dep, version, config.autoscaling_config,
-                                             scale_states.get((app, dep)), requests[dep])
+                                             scale_states.get((app, dep)), requests[dep],
+                                             len(assigned[(app, dep)]))
                 self._reconcile_deployment(app, dep, version, target, assigned[(app, dep)],
                                            replica_sets.get(dep, {}), load, capacity)
         for (app, dep), items in assigned.items():
@@ -119,12 +132,12 @@ class Controller:
         return live
 
     def _autoscale(self, app: str, dep: str, version: str, auto: dict[str, Any],
-                   saved: Optional[dict[str, Any]], load: dict[str, int]) -> int:
+                   saved: Optional[dict[str, Any]], load: dict[str, int], running: int) -> int:
         """The autoscaler's target for this pass; saved to Redis when it changes."""
         key = (app, dep)
         lo, hi = int(auto["min_replicas"]), int(auto["max_replicas"])
-        if saved is None:
-            current = initial_target(auto)
+        if saved is None:  # a new deployment, or a Redis that lost its data: keep what runs
+            current = max(lo, min(hi, running)) if running else initial_target(auto)
         else:  # an upgrade keeps the current scale, within the new bounds
             current = max(lo, min(hi, int(saved["target"])))
         timers = self.scale.get(key) or ScaleState(current)

@@ -48,6 +48,11 @@ class ReplicaDiedError(ServeException):
     """The replica running the request died before answering (killed, crashed)."""
 
 
+class RequestLostError(ServeException, ConnectionError):
+    """Redis restarted without persistence while the request was pending: it may or may
+    not have run, and its answer will not come. Call again if that is safe."""
+
+
 class DeployFailedError(ServeException):
     """A deployment could not start (its constructor raised, or its replicas died)."""
 

@@ -161,7 +161,9 @@ class DeploymentResponse:
     def result(self, *, timeout_s: Optional[float] = None, _skip_asyncio_check: bool = False) -> Any:
         """Block until the result is ready and return it (or raise the remote exception).
 
-        Raises ``TimeoutError`` after ``timeout_s`` seconds (the request keeps running),
+        Raises ``TimeoutError`` after ``timeout_s`` seconds: a request no replica has taken
+        yet is then withdrawn and never runs (a later ``result()`` raises
+        ``RequestCancelledError``); one already running goes on. Raises
         ``RequestCancelledError`` if the call was cancelled. Inside an event loop use
         ``await response`` instead: blocking there stalls every other request.
         """
@@ -178,6 +180,10 @@ class DeploymentResponse:
         except concurrent.futures.CancelledError:
             raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
         except concurrent.futures.TimeoutError:
+            # A caller that gives up does not want the request started later; one already
+            # running goes on (as in Ray), and a later result() may still get its value.
+            if not self._future.done():
+                self._client.withdraw(self._app, self._dep, self._req_id, self._message)
             raise TimeoutError(
                 f"Request {self._req_id} to deployment '{self._dep}' did not finish within "
                 f"{timeout_s} s.") from None

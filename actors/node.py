@@ -71,8 +71,16 @@ class Node:
         logger.info("node %s serving namespace %s on %s", self.node_id, self.keys.ns, redact(self.url))
         self.controller.start()
         record = {"host": socket.gethostname(), "pid": os.getpid(), "max_replicas": self.max_replicas}
+        run_id: Optional[str] = None
         while not self.stop.is_set():
             try:
+                lost, run_id = reg.data_lost(run_id)
+                if lost:  # Redis restarted empty: say again which replicas run here, first
+                    logger.warning("Redis lost its data; node %s restores its %d assignment(s)",
+                                   self.node_id, len(self.procs))
+                    for rid, rec in self.meta.items():
+                        if rid not in self.stopping:
+                            reg.assign(self.node_id, rid, rec)
                 reg.register_node(self.node_id, {**record, "replicas": len(self.procs)})
                 self.reconcile()
                 reg.wait_wake([self.keys.node_wake(self.node_id)], HEARTBEAT_S)
@@ -99,11 +107,12 @@ class Node:
                 proc.kill()
 
     def _spawn(self, rid: str, rec: dict[str, str]) -> None:
-        cmd = [sys.executable, "-m", "actors.replica", "--redis-url", self.url, "--namespace", self.keys.ns,
+        cmd = [sys.executable, "-m", "actors.replica", "--namespace", self.keys.ns,
                "--app", rec["app"], "--deployment", rec["deployment"], "--replica-id", rid,
                "--version", rec["version"], "--node-id", self.node_id,
                "--result-ttl-ms", str(self.result_ttl_ms)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, preexec_fn=child_preexec)
+        env = {**os.environ, "MQSERVE_REDIS_URL": self.url}  # not in argv: it may hold a password
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env, preexec_fn=child_preexec)
         self.procs[rid], self.meta[rid] = proc, rec
         threading.Thread(target=self._await_exit, args=(proc,), daemon=True).start()
 
@@ -122,14 +131,17 @@ class Node:
             return
         if proc.returncode not in (0, -signal.SIGTERM):
             logger.warning("replica %s exited with status %s", rid, proc.returncode)
-        # Requests it took and never answered fail now instead of hanging (not retried:
-        # they may have had effects; as in Ray, the caller decides).
-        lost = self.registry.fail_processing(
-            rid, "", self.result_ttl_ms,
+        # Requests it took and never answered are retried elsewhere if the deployment's
+        # max_request_retries allows, else fail now instead of hanging (by default not
+        # retried: they may have had effects; as in Ray, the caller decides).
+        retried, lost = self.registry.recover_processing(
+            rid, app, dep, self.result_ttl_ms,
             ReplicaDiedError(f"The replica of deployment '{dep}' running this request died "
-                             f"(exit status {proc.returncode}) before answering."))
-        if lost:
-            logger.warning("replica %s died with %d request(s) unanswered; their callers got errors", rid, lost)
+                             f"(exit status {proc.returncode}) before answering. Set max_request_retries "
+                             "on the deployment to run such requests again on another replica."))
+        if retried or lost:
+            logger.warning("replica %s died with %d request(s) unanswered: %d queued again, %d failed",
+                           rid, retried + lost, retried, lost)
         self.registry.unassign(self.node_id, rid)
         self.registry.remove_replica(app, dep, rid)
 
@@ -157,6 +169,22 @@ class Node:
             logger.info("node %s could not clean its records: %s", self.node_id, e)
 
 
+def _permanent_connection_problem(url: str) -> Optional[str]:
+    """A wrong password or certificate will not fix itself: say so and stop. A Redis that
+    is not up yet (or restarting) may be, so the node waits for it."""
+    try:
+        Registry(connect(url), Keys("probe")).ping()
+    except redis.AuthenticationError as e:
+        return f"{e} (check the user and password in the URL)"
+    except redis.ConnectionError as e:
+        text = str(e)
+        if "CERTIFICATE" in text or "SSL" in text or "NOAUTH" in text or "HELLO" in text:
+            return f"{text} (check the TLS options and credentials in the URL)"
+    except redis.RedisError:
+        pass
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(prog="python -m actors.node")
@@ -174,6 +202,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     node_id = opts.name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     if opts.max_replicas is not None and opts.max_replicas < 0:
         parser.error("--max-replicas must be 0 or more")
+    problem = _permanent_connection_problem(opts.redis_url)
+    if problem:
+        print(f"mqserve worker: cannot use Redis at {redact(opts.redis_url)}: {problem}", file=sys.stderr)
+        return 1
     node = Node(url=opts.redis_url, namespace=opts.namespace, node_id=node_id,
                 result_ttl_ms=settings.result_ttl_ms, max_replicas=opts.max_replicas)
     signal.signal(signal.SIGTERM, lambda *_: node.request_stop())

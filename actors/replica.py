@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable, Optional
 
@@ -48,6 +49,8 @@ logger = logging.getLogger("mqserve.replica")
 
 #: Failed health checks in a row after which a replica is replaced (Ray Serve's threshold).
 UNHEALTHY_AFTER = 3
+#: Seconds between checks that Redis still holds our records (see broker/epoch.py).
+DATA_CHECK_S = 1.0
 #: Milliseconds a Dramatiq consumer or worker thread blocks before checking for shutdown.
 WORKER_TIMEOUT_MS = 1000
 
@@ -127,6 +130,9 @@ class Replica:
             if self.loop_thread is not None:
                 self.loop_thread.stop()
             return 1
+        # What this replica writes back if Redis restarts without its data.
+        self.app_record = self.registry.app(self.app)
+        self.deployment_fields = self.registry.deployment_fields(self.app, self.deployment)
         worker, broker = self._start_worker(config)
         self._record("RUNNING")
         threading.Thread(target=self._follow_events, name="mqserve-events", daemon=True).start()
@@ -159,11 +165,16 @@ class Replica:
         """Cancel running async requests whose callers cancelled them, and apply a new
         user_config (same code redeployed) without a restart."""
         reconfigure = None if self.is_function else getattr(self.target, "reconfigure", None)
+        run_id: Optional[str] = None
+        checked = 0.0
         while not self.stop_requested.is_set():
             try:
                 pubsub = self.registry.subscribe(cancellations=True)
                 while not self.stop_requested.is_set():
-                    event = pubsub.get_message(timeout=1.0)
+                    if time.monotonic() - checked >= DATA_CHECK_S:
+                        checked = time.monotonic()
+                        run_id = self._restore_if_lost(run_id)
+                    event = pubsub.get_message(timeout=DATA_CHECK_S)
                     if event is None:
                         continue
                     if event["channel"] == self.keys.cancellations.encode():
@@ -187,6 +198,17 @@ class Replica:
             except Exception as e:  # Redis lost, or reconfigure raised: keep serving
                 logger.warning("could not follow user_config changes: %s", e)
                 self.stop_requested.wait(1.0)
+
+    def _restore_if_lost(self, run_id: Optional[str]) -> str:
+        """If Redis restarted empty, write back our app, deployment and replica records
+        (the gateways then find the route again, the controller the deployment)."""
+        lost, run_id = self.registry.data_lost(run_id)
+        if lost:
+            logger.warning("Redis lost its data; replica %s restores its records", self.replica_id)
+            if self.app_record is not None:
+                self.registry.restore_app(self.app_record, self.deployment, self.deployment_fields)
+            self._record("RUNNING")
+        return run_id
 
     async def _watch_health(self, check: Callable[[], Any], config: DeploymentConfig) -> None:
         """Call ``check_health`` every period; after :data:`UNHEALTHY_AFTER` failures in a
@@ -222,7 +244,7 @@ class Replica:
         await self.aio.aclose()
 
     def _construct(self, blob: bytes, config: DeploymentConfig) -> None:
-        func_or_class, args, kwargs = cloudpickle.loads(blob)
+        func_or_class, args, kwargs = cloudpickle.loads(codec.unseal(blob))  # refuses forged code
         self.loop_thread = EventLoopThread(logging.getLogger("mqserve.replica.loop"))
         self.loop_thread.start(timeout=10)
         self.aio = connect_async(self.url)  # used on the loop only
@@ -383,7 +405,11 @@ SWITCH_INTERVAL_S = 0.001
 def main(argv: Optional[list[str]] = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     parser = argparse.ArgumentParser(prog="python -m actors.replica")
-    for name in ("redis-url", "namespace", "app", "deployment", "replica-id", "version", "node-id"):
+    # The Redis URL comes in the environment (MQSERVE_REDIS_URL), not argv: it may hold a
+    # password, and every local user can read a process's command line.
+    parser.add_argument("--redis-url", default=os.environ.get("MQSERVE_REDIS_URL"),
+                        required=not os.environ.get("MQSERVE_REDIS_URL"))
+    for name in ("namespace", "app", "deployment", "replica-id", "version", "node-id"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--result-ttl-ms", type=int, required=True)
     opts = parser.parse_args(argv)

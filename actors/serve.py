@@ -18,6 +18,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Optional, Union
 
+from broker.connection import redact
+
 from . import context as _ctx
 from .batching import batch
 from .config import ConfigError, DeploymentConfig
@@ -48,12 +50,16 @@ def deployment(
     graceful_shutdown_timeout_s: float = _UNSET,
     graceful_shutdown_wait_loop_s: float = _UNSET,
     ray_actor_options: Optional[dict[str, Any]] = _UNSET,
+    max_request_retries: int = _UNSET,
     **unsupported: Any,
 ) -> Any:
     """Make a class or function a deployment; works bare (``@serve.deployment``) or with options.
 
     Options and defaults are Ray Serve's: ``num_replicas=1``, ``max_ongoing_requests=5``,
     ``max_queued_requests=-1`` (unlimited). ``ray_actor_options`` is accepted and advisory.
+    ``max_request_retries`` (mqserve's own, default 0) is how many times a request is run
+    again on another replica when the replica running it dies; with 0 its caller gets
+    ``ReplicaDiedError``, as in Ray Serve.
     """
     given = {k: v for k, v in {
         "num_replicas": num_replicas, "max_ongoing_requests": max_ongoing_requests,
@@ -62,7 +68,7 @@ def deployment(
         "health_check_timeout_s": health_check_timeout_s,
         "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s,
         "graceful_shutdown_wait_loop_s": graceful_shutdown_wait_loop_s,
-        "ray_actor_options": ray_actor_options,
+        "ray_actor_options": ray_actor_options, "max_request_retries": max_request_retries,
     }.items() if v is not _UNSET}
     unsupported.pop("version", None)
     unsupported.pop("route_prefix", None)
@@ -91,7 +97,7 @@ def start(redis_url: Optional[str] = None, http_options: Optional[dict[str, Any]
     ctx = _ctx.current_context()
     if ctx is not None:
         if redis_url is not None and redis_url != ctx.url:
-            raise ConfigError(f"mqserve is already connected to {ctx.url}; call serve.shutdown() first.")
+            raise ConfigError(f"mqserve is already connected to {redact(ctx.url)}; call serve.shutdown() first.")
         return
     _ctx.get_context(redis_url=redis_url, http_options=http_options)
 

@@ -20,18 +20,21 @@ on another replica can read it (see ``watch``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
 import redis
 
-from actors.exceptions import BackPressureError, DeploymentUnavailableError
+from actors.exceptions import (BackPressureError, DeploymentUnavailableError, RequestCancelledError,
+                               RequestLostError)
 
-from . import scripts, streams
+from . import epoch, scripts, streams
 from .codec import REQUEST_ID_LEN, new_request_id
 from .connection import connect, connect_async
 from .keys import Keys
@@ -44,6 +47,10 @@ LISTEN_BLOCK_S = 1.0
 REPLY_BATCH = 512
 #: Seconds a listener waits before retrying after losing Redis.
 RECONNECT_PAUSE_S = 0.5
+#: A listener says its process is alive (``keys.alive(inbox)``) every ALIVE_REFRESH_S;
+#: the key lives ALIVE_TTL_MS, so a dead caller is known within about 10 s.
+ALIVE_REFRESH_S = 3.0
+ALIVE_TTL_MS = 10_000
 
 #: What a caller's own future resolves to when the value went only to the result key.
 DETACHED = b""
@@ -69,6 +76,8 @@ class CallClient:
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopChannel] = \
             weakref.WeakKeyDictionary()
         self._closed = False
+        # Sends that must not be lost with an event loop that is closing (cancellations).
+        self._background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mqserve-send")
         self._listener = threading.Thread(target=self._listen_loop, name="mqserve-listener", daemon=True)
         self._listener.start()
 
@@ -155,8 +164,23 @@ class CallClient:
         def done(res: Any) -> None:
             fut.set_result(res == 1)
 
-        self._send(add, done)
+        self._send(add, done, outlive_loop=True)
         return fut
+
+    def withdraw(self, app: str, dep: str, req_id: str, message: bytes) -> None:
+        """Take back a request no replica has taken yet (its caller gave up waiting); its
+        future then fails with ``error``. One already running is left alone."""
+        qkey = self.keys.queue(app, dep)
+
+        def add(batch: scripts.Batch) -> None:
+            batch.command("lrem", qkey, 1, message)
+
+        def done(res: Any) -> None:
+            if res == 1:
+                self._fail(req_id, RequestCancelledError(
+                    f"Request {req_id} was withdrawn unrun: its caller timed out before a replica took it."))
+
+        self._send(add, done, outlive_loop=True)
 
     def share(self, req_id: str) -> None:
         """Keep ``req_id``'s result key after its reply arrives: another call reads it."""
@@ -204,6 +228,7 @@ class CallClient:
         except redis.RedisError:
             pass
         self._listener.join(timeout=2)
+        self._background.shutdown(wait=True)
         self._redis.close()
 
     # Sending ------------------------------------------------------------------------------
@@ -218,13 +243,22 @@ class CallClient:
                 channel = self._channels[loop] = _LoopChannel(self, loop)
             return channel
 
-    def _send(self, add: _Add, done: _Done) -> None:
+    def _send(self, add: _Add, done: _Done, *, outlive_loop: bool = False) -> None:
+        """Run ``add``'s commands and pass the result to ``done``. ``outlive_loop``: the
+        command must be sent even if the calling event loop closes right away (a
+        cancellation as ``asyncio.run`` ends), so it goes through a thread instead."""
         loop = _running_loop()
         if loop is not None:
             # Never block an event loop on Redis.
-            self._channel(loop).post(add, done)
+            if outlive_loop:
+                self._background.submit(self._send_now, add, done)
+            else:
+                self._channel(loop).post(add, done)
             return
         # A plain thread would wait for the reply anyway: send from here.
+        self._send_now(add, done)
+
+    def _send_now(self, add: _Add, done: _Done) -> None:
         batch = scripts.Batch()
         add(batch)
         try:
@@ -241,6 +275,14 @@ class CallClient:
         for fut in waiters:
             if not fut.done():
                 fut.set_exception(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            pending = list(self._waiters)
+        for req_id in pending:
+            self._fail(req_id, exc)
+        if pending:
+            logger.warning("mqserve: %d pending request(s) lost with Redis's data", len(pending))
 
     def _deliver(self, req_id: str, outcome: bytes) -> Optional[str]:
         """Resolve every waiter of ``req_id``; returns its result key if nobody else needs it."""
@@ -276,19 +318,33 @@ class CallClient:
 
     def _listen_loop(self) -> None:
         unlink: list[str] = []
+        alive = _Heartbeat(self.inbox)
+        run_id: Optional[str] = None
         while not self._closed:
             try:
+                if alive.due():
+                    alive.beat(self._redis.pipeline(transaction=False)).execute()
+                    lost, run_id = epoch.check(self._redis, self.keys, run_id)
+                    if lost:
+                        self._fail_all(RequestLostError(
+                            "Redis restarted without persistence while this request was pending; it may or "
+                            "may not have run, and its answer is lost. Call again if that is safe."))
                 item = self._redis.blpop([self.inbox], timeout=LISTEN_BLOCK_S)
                 items: Optional[list[bytes]] = [item[1]] if item is not None else None
                 while items:
                     unlink.extend(k for k in map(self.dispatch, items) if k)
-                    pipe = _drain(self._redis.pipeline(transaction=False), unlink, self.inbox)
+                    pipe = _drain(self._redis.pipeline(transaction=False), unlink, self.inbox, alive)
                     unlink = []
                     items = _taken(pipe.execute(raise_on_error=False))
             except redis.RedisError as e:
+                alive.reset()
                 if not self._closed:
                     logger.warning("mqserve: reply listener lost Redis (%s); reconnecting", e)
                     threading.Event().wait(RECONNECT_PAUSE_S)
+        try:
+            self._redis.delete(Keys.alive(self.inbox))
+        except redis.RedisError:
+            pass
 
 
 class _LoopChannel:
@@ -327,21 +383,29 @@ class _LoopChannel:
 
     async def _listen(self) -> None:
         unlink: list[str] = []
+        alive = _Heartbeat(self.inbox)
         try:
             while not self.client.closed:
                 try:
+                    if alive.due():
+                        await alive.beat(self.redis.pipeline(transaction=False)).execute()
                     item = await self.redis.blpop([self.inbox], timeout=LISTEN_BLOCK_S)
                     items: Optional[list[bytes]] = [item[1]] if item is not None else None
                     while items:
                         unlink.extend(k for k in map(self.client.dispatch, items) if k)
-                        pipe = _drain(self.redis.pipeline(transaction=False), unlink, self.inbox)
+                        pipe = _drain(self.redis.pipeline(transaction=False), unlink, self.inbox, alive)
                         unlink = []
                         items = _taken(await pipe.execute(raise_on_error=False))
                 except (redis.RedisError, OSError) as e:
+                    alive.reset()
                     logger.warning("mqserve: reply listener lost Redis (%s); reconnecting", e)
                     await asyncio.sleep(RECONNECT_PAUSE_S)
         finally:
             self.stopped = True
+            try:
+                await self.redis.delete(Keys.alive(self.inbox))
+            except Exception:
+                pass
             try:
                 await self.redis.aclose()
             except Exception:  # the loop may be closing under us
@@ -356,10 +420,33 @@ class _LoopChannel:
             pass
 
 
-def _drain(pipe: Any, unlink: list[str], inbox: str) -> Any:
-    """Delete consumed result keys and take more replies: one round trip."""
+class _Heartbeat:
+    """When a listener last said its process is alive, and the command that says it."""
+
+    def __init__(self, inbox: str) -> None:
+        self.key = Keys.alive(inbox)
+        self.at = 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() - self.at > ALIVE_REFRESH_S
+
+    def reset(self) -> None:
+        self.at = 0.0  # after a reconnect (Redis may have restarted empty), say it again
+
+    def beat(self, pipe: Any) -> Any:
+        """Queue the refresh on ``pipe`` and return it."""
+        self.at = time.monotonic()
+        pipe.set(self.key, 1, px=ALIVE_TTL_MS)
+        return pipe
+
+
+def _drain(pipe: Any, unlink: list[str], inbox: str, alive: _Heartbeat) -> Any:
+    """Delete consumed result keys and take more replies: one round trip (which also
+    refreshes the alive key when due)."""
     if unlink:
         pipe.unlink(*unlink)
+    if alive.due():
+        alive.beat(pipe)
     pipe.lpop(inbox, REPLY_BATCH)
     return pipe
 

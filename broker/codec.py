@@ -4,10 +4,19 @@ A request message is a Dramatiq message (the fields of ``dramatiq.Message``) pic
 with plain pickle: it holds only strings, numbers and one opaque ``payload`` blob,
 the cloudpickled call arguments, which the replica unpickles after resolving any
 chained results. An outcome is one tag byte and a cloudpickle blob.
+
+Whoever can write to Redis could make a process unpickle anything. With
+``MQSERVE_SECRET`` set, every blob that will be unpickled (messages, outcomes, stream
+entries, deployment code) is sealed with an HMAC-SHA256 of the secret, and
+:func:`unseal` refuses unsigned or forged blobs *before* anything is unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
+import os
 import pickle
 import time
 import traceback
@@ -24,8 +33,58 @@ REQUEST_QUEUE = "serve"
 #: Length of a request id: a UUID4 in hex.
 REQUEST_ID_LEN = 32
 
+logger = logging.getLogger("mqserve.codec")
+
 _OK = b"o"
 _ERR = b"e"
+#: Marks a sealed blob; no pickle starts with a NUL byte.
+_SEAL = b"\x00mq1"
+_MAC_LEN = 32
+
+
+class ForgedMessageError(ValueError):
+    """A blob read from Redis is unsigned, or its signature does not match
+    ``MQSERVE_SECRET``: it was not written by an mqserve process holding the secret."""
+
+
+def _secret() -> Optional[bytes]:
+    secret = os.environ.get("MQSERVE_SECRET")
+    return secret.encode() if secret else None
+
+
+def seal(data: bytes) -> bytes:
+    """``data`` with an HMAC of ``MQSERVE_SECRET`` in front (unchanged without a secret)."""
+    key = _secret()
+    if key is None:
+        return data
+    return _SEAL + hmac.new(key, data, hashlib.sha256).digest() + data
+
+
+def unseal(data: bytes) -> bytes:
+    """The body of a sealed blob, checked; raises (and logs) :class:`ForgedMessageError`."""
+    try:
+        return _unseal(data)
+    except ForgedMessageError as e:
+        logger.error("mqserve: %s", e)
+        raise
+
+
+def _unseal(data: bytes) -> bytes:
+    key = _secret()
+    sealed = data.startswith(_SEAL)
+    if key is None:
+        if sealed:
+            raise ForgedMessageError("a message signed with MQSERVE_SECRET reached a process without it: "
+                                     "set the same MQSERVE_SECRET on every mqserve process")
+        return data
+    if not sealed:
+        raise ForgedMessageError("refused an unsigned message (MQSERVE_SECRET is set here, so every "
+                                 "mqserve process must have the same secret)")
+    start = len(_SEAL) + _MAC_LEN
+    body = data[start:]
+    if not hmac.compare_digest(data[len(_SEAL):start], hmac.new(key, body, hashlib.sha256).digest()):
+        raise ForgedMessageError("refused a message whose signature does not match MQSERVE_SECRET")
+    return body
 
 
 def new_request_id() -> str:
@@ -47,7 +106,7 @@ def encode_request(
     ``stream``: the outcome goes to the request's stream (a generator call).
     ``http``: the payload is an HTTP request snapshot for the ingress (see gateway).
     """
-    return pickle.dumps(
+    return seal(pickle.dumps(
         {
             "queue_name": REQUEST_QUEUE,
             "actor_name": REQUEST_ACTOR,
@@ -58,12 +117,18 @@ def encode_request(
             "message_timestamp": int(time.time() * 1000),
         },
         protocol=pickle.HIGHEST_PROTOCOL,
-    )
+    ))
+
+
+def retried_request(fields: dict[str, Any]) -> bytes:
+    """The message of a decoded request again, counting one more attempt (``options["attempt"]``)."""
+    options = {**fields["options"], "attempt": int(fields["options"].get("attempt", 0)) + 1}
+    return seal(pickle.dumps({**fields, "options": options}, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def decode_request(data: bytes) -> dict[str, Any]:
     """The fields of a queued message, ready for ``dramatiq.Message(**fields)``."""
-    fields = pickle.loads(data)
+    fields = pickle.loads(unseal(data))
     if not isinstance(fields, dict) or fields.get("actor_name") != REQUEST_ACTOR:
         raise ValueError("not an mqserve request message")
     return fields
@@ -91,8 +156,8 @@ def decode_args(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
 def encode_value(value: Any) -> bytes:
     """An outcome holding a return value; raises if the value cannot be pickled."""
     if type(value) in _PLAIN:
-        return _OK + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    return _OK + _dumps(value)
+        return seal(_OK + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    return seal(_OK + _dumps(value))
 
 
 @dataclass(frozen=True)
@@ -117,11 +182,12 @@ def encode_error(exc: BaseException) -> bytes:
     exc_blob = _try_dumps(exc)
     type_blob = _try_dumps(type(exc))
     parts = (exc_blob, type_blob, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
-    return _ERR + pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
+    return seal(_ERR + pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def decode_outcome(data: bytes) -> tuple[bool, Any]:
     """``(True, value)`` or ``(False, RemoteFailure)``."""
+    data = unseal(data)
     tag, body = data[:1], data[1:]
     if tag == _OK:
         return True, pickle.loads(body)

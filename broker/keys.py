@@ -56,13 +56,19 @@ class Keys:
         """LIST where replicas push replies for one caller process (expires when idle)."""
         return f"{self.ns}:inbox:{client_id}"
 
+    @staticmethod
+    def alive(inbox: str) -> str:
+        """STRING refreshed by the listener of ``inbox`` while its process lives (expires):
+        a replica drops a long-queued request whose caller's key is gone."""
+        return f"{inbox}:alive"
+
     def detached(self, req_id: str) -> str:
         """STRING set when a response was passed to another call: its value then goes only
         to the result key, and the caller's inbox gets just the request id."""
         return f"{self.ns}:detached:{req_id}"
 
     def stream(self, req_id: str) -> str:
-        """STREAM of a streamed response: entries ``d`` (items), ``h`` (HTTP head), ``e``
+        """STREAM of a streamed response: entries ``d`` (items), ``e``
         (error outcome), ``end``; expires, deleted by the reader at the end."""
         return f"{self.ns}:stream:{req_id}"
 
@@ -83,6 +89,12 @@ class Keys:
     def node_wake(self, node_id: str) -> str:
         """LIST a node blocks on; any push makes it reconcile at once."""
         return f"{self.ns}:node:{node_id}:wake"
+
+    @property
+    def epoch(self) -> str:
+        """STRING 'ok', set when an app is first registered; after a Redis restart its
+        absence means the data was lost ('lost:{run_id}' marks that run). See ``epoch.py``."""
+        return f"{self.ns}:epoch"
 
     @property
     def gateways(self) -> str:

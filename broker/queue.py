@@ -31,6 +31,10 @@ from .keys import Keys
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a request may wait in the queue before its replica checks that the caller
+#: is still there (see ``Keys.alive``).
+ABANDONED_CHECK_S = 5.0
+
 
 #: The outcome of a streamed request: its items and errors went to its stream.
 STREAMED = b""
@@ -159,22 +163,46 @@ class _BlockingConsumer(Consumer):
             # Stopping: whatever a blocked fetch returned goes back for another replica.
             self._put_back(raws)
             return None
-        for raw in raws:
-            proxy = self._decode(raw)
-            if proxy is not None:
-                self.taken.append(proxy)
+        decoded = [(raw, self._decode(raw)) for raw in raws]
+        decoded = [(raw, m) for raw, m in decoded if m is not None]
+        for raw, message in self._without_abandoned(decoded):
+            with self.slots:
+                self.unfinished += 1
+            self.taken.append(_Proxy(message, raw))
         return self.taken.popleft() if self.taken else None
 
-    def _decode(self, raw: bytes) -> Optional[_Proxy]:
+    def _decode(self, raw: bytes) -> Optional[dramatiq.Message]:
         try:
-            message = dramatiq.Message(**codec.decode_request(raw))
+            return dramatiq.Message(**codec.decode_request(raw))
         except Exception:
-            logger.error("mqserve: dropping a message that is not an mqserve request", exc_info=True)
+            logger.error("mqserve: dropping a message that is not an mqserve request (or is forged)",
+                         exc_info=True)
             self.broker.client.lrem(self.broker.processing_key, 1, raw)
             return None
-        with self.slots:
-            self.unfinished += 1
-        return _Proxy(message, raw)
+
+    def _without_abandoned(self, taken: list[tuple[bytes, dramatiq.Message]]) -> list[tuple[bytes, dramatiq.Message]]:
+        """Drop requests that waited over :data:`ABANDONED_CHECK_S` and whose caller's
+        process is gone (its alive key expired): nobody would read their answer.
+        Fresh requests skip the check, so it costs nothing unless there is a backlog."""
+        now_ms = time.time() * 1000
+        old = [(raw, m) for raw, m in taken
+               if m.options.get("reply_to") and now_ms - m.message_timestamp > ABANDONED_CHECK_S * 1000]
+        if not old:
+            return taken
+        try:
+            pipe = self.broker.client.pipeline(transaction=False)
+            for _, m in old:
+                pipe.exists(Keys.alive(m.options["reply_to"]))
+            gone = {raw for (raw, _), alive in zip(old, pipe.execute()) if not alive}
+            if gone:
+                pipe = self.broker.client.pipeline(transaction=False)
+                for raw in gone:
+                    pipe.lrem(self.broker.processing_key, 1, raw)
+                pipe.execute()
+                logger.info("mqserve: dropped %d queued request(s) whose callers are gone", len(gone))
+        except redis.RedisError:
+            return taken
+        return [(raw, m) for raw, m in taken if raw not in gone]
 
     def wait_idle(self, timeout_s: float) -> bool:
         taken = list(self.taken)

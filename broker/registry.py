@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional
 
 import redis
 
-from . import codec, scripts
+from . import codec, epoch, scripts
 from .keys import Keys
 
 
@@ -64,6 +64,7 @@ class Registry:
                     for dep, fields in deployments.items():
                         pipe.delete(self.keys.deployment(name, dep))
                         pipe.hset(self.keys.deployment(name, dep), mapping=fields)
+                    pipe.set(self.keys.epoch, "ok", nx=True)
                     pipe.lpush(self.keys.controller_wake, 1)
                     pipe.publish(self.keys.events, json.dumps({"app": name, "state": "DEPLOYED"}))
                     pipe.execute()
@@ -156,14 +157,59 @@ class Registry:
         if len(batch):
             batch.execute(self.redis)
 
-    def fail_processing(self, replica_id: str, reason: str, result_ttl_ms: int, error: BaseException) -> int:
-        """A replica died: fail the requests it had taken and not answered. Returns how many."""
+    def recover_processing(self, replica_id: str, app: str, dep: str, result_ttl_ms: int,
+                           error: BaseException) -> tuple[int, int]:
+        """A replica died: the requests it had taken and not answered go back to the front
+        of the queue if the deployment's ``max_request_retries`` allows another attempt
+        (never streamed ones: their items may have been read), else fail with ``error``.
+        Returns (retried, failed)."""
         pipe = self.redis.pipeline()
         pipe.lrange(self.keys.processing(replica_id), 0, -1)
         pipe.delete(self.keys.processing(replica_id))
         taken = pipe.execute()[0]
-        self._fail_messages(taken, reason, result_ttl_ms, error)
-        return len(taken)
+        if not taken:
+            return 0, 0
+        spec = self.deployment_configs(app, [dep]).get(dep)
+        retries = int(spec[1].get("max_request_retries", 0)) if spec else 0
+        again, lost = [], []
+        for raw in taken:
+            try:
+                fields = codec.decode_request(raw)
+            except Exception:
+                continue  # not ours (or forged): nobody to answer
+            options = fields["options"]
+            if spec and not options.get("stream") and int(options.get("attempt", 0)) < retries:
+                again.append(codec.retried_request(fields))
+            else:
+                lost.append(raw)
+        if again:  # replicas take from the right: these run next
+            self.redis.rpush(self.keys.queue(app, dep), *reversed(again))
+        self._fail_messages(lost, "", result_ttl_ms, error)
+        return len(again), len(lost)
+
+    # A Redis that restarted empty -------------------------------------------------------------
+    def data_lost(self, seen: Optional[str]) -> tuple[bool, str]:
+        """See :func:`broker.epoch.check`."""
+        return epoch.check(self.redis, self.keys, seen)
+
+    def deployment_fields(self, app: str, dep: str) -> dict[bytes, bytes]:
+        """The raw fields of a deployment's hash (to write them back after a data loss)."""
+        return self.redis.hgetall(self.keys.deployment(app, dep))  # type: ignore[no-any-return]
+
+    def restore_app(self, record: dict[str, Any], dep: str, fields: dict[bytes, bytes]) -> None:
+        """Write back an app record and one deployment's hash where they are missing."""
+        name = record["name"]
+        key = self.keys.deployment(name, dep)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(self.keys.apps, name, json.dumps(record))
+        pipe.exists(key)
+        exists = pipe.execute()[1]
+        pipe = self.redis.pipeline(transaction=False)
+        if not exists:
+            pipe.hset(key, mapping={k: v for k, v in fields.items() if k not in (b"idle", b"state")})
+        pipe.lpush(self.keys.controller_wake, 1)
+        pipe.publish(self.keys.events, json.dumps({"app": name, "state": "RESTORED"}))
+        pipe.execute()
 
     # Replicas ---------------------------------------------------------------------------
     def set_replica(self, app: str, dep: str, replica_id: str, record: dict[str, Any]) -> None:
@@ -235,7 +281,7 @@ class Registry:
         Returns the ids of the replicas it had, so they can be started elsewhere."""
         assigned = self.assignments(node_id)
         for rid, rec in assigned.items():
-            self.fail_processing(rid, "", result_ttl_ms, error)
+            self.recover_processing(rid, rec["app"], rec["deployment"], result_ttl_ms, error)
             self.remove_replica(rec["app"], rec["deployment"], rid)
         self.remove_node(node_id)
         return list(assigned)

@@ -2,7 +2,6 @@
 
 A streamed response has a stream key of its own (``keys.stream(req_id)``). Entries are
 
-- ``h``: the head of an HTTP response (status and headers), first;
 - ``d``: a pickled list of items; items produced while the previous write was in
   flight travel together, so a fast generator costs one round trip per batch, not per
   item, and a slow one still sends each item at once;
@@ -25,10 +24,10 @@ from typing import Any, AsyncIterator, Callable, Iterator, Optional
 import cloudpickle
 import redis
 
+from .codec import seal, unseal
 from .keys import Keys
 
 ITEMS = b"d"
-HEAD = b"h"
 ERROR = b"e"
 END = b"end"
 
@@ -66,9 +65,6 @@ class StreamWriter:
         asyncio.run_coroutine_threadsafe(self._run(), loop)
 
     # Producer side (any thread) -----------------------------------------------------------
-    def head(self, head: Any) -> None:
-        self._add(lambda: self.entries.append((HEAD, pickle.dumps(head))))
-
     def announce(self, outcome: bytes) -> None:
         """Reply to the caller now (it learns the response streams), before any item."""
         self._add(lambda: self.entries.append((b"announce", outcome)))
@@ -100,7 +96,7 @@ class StreamWriter:
     def _flush_items(self) -> None:
         # Caller holds self.lock.
         if self.items:
-            self.entries.append((ITEMS, cloudpickle.dumps(self.items)))
+            self.entries.append((ITEMS, seal(cloudpickle.dumps(self.items))))
             self.items = []
 
     # Writer side (the loop) ----------------------------------------------------------------
@@ -187,7 +183,7 @@ async def read_async(client: Any, keys: Keys, req_id: str,
 
 
 def decode_items(payload: bytes) -> list[Any]:
-    return pickle.loads(payload)  # type: ignore[no-any-return]
+    return pickle.loads(unseal(payload))  # type: ignore[no-any-return]
 
 
 def stop_reading(client: redis.Redis, keys: Keys, req_id: str, *, cancel: bool, ttl_ms: int) -> None:

@@ -43,6 +43,10 @@ logger = logging.getLogger("mqserve.gateway")
 DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 #: Seconds between route reloads when no change event arrives.
 ROUTE_RELOAD_S = 5.0
+#: The status counted (as nginx does) for a request whose client left before its body was in.
+CLIENT_CLOSED_REQUEST = 499
+#: What :meth:`Gateway._body` returns when the client disconnects before the body's end.
+_DISCONNECTED = b"<disconnected>"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -132,6 +136,8 @@ class Gateway:
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: Route) -> int:
         assert self.client is not None
         body = await self._body(scope, receive)
+        if body is _DISCONNECTED:  # the client left mid-body: never run a truncated request
+            return CLIENT_CLOSED_REQUEST
         if body is None:
             return await _send_text(send, 413, f"Request body larger than {self.max_body_bytes} bytes "
                                                "(MQSERVE_MAX_BODY_BYTES).")
@@ -176,7 +182,7 @@ class Gateway:
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b""
+                return _DISCONNECTED
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:

@@ -14,6 +14,46 @@ from actors.config import Settings
 
 from .app import DEFAULT_MAX_BODY_BYTES, create_app
 
+#: Largest request head (request line and headers) a client may send: uvicorn's httptools
+#: protocol has no limit of its own, and one endless header would grow the gateway's
+#: memory and stall its event loop (httptools joins the pieces of a header over and over).
+MAX_HEAD_BYTES = 1024 * 1024
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # no httptools: uvicorn's h11 protocol, which has a limit of its own (16 kB)
+    HttpToolsProtocol = None
+
+
+if HttpToolsProtocol is not None:
+    class _BoundedHttpTools(HttpToolsProtocol):  # type: ignore[misc, valid-type]
+        """uvicorn's httptools protocol that answers 431 and closes when a request's head
+        passes :data:`MAX_HEAD_BYTES` (counted from the end of the previous request)."""
+
+        _in_head = True
+        _head_bytes = 0
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._in_head = False
+                    msg = b"Request header fields too large."
+                    self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                         b"content-type: text/plain; charset=utf-8\r\n"
+                                         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(msg), msg))
+                    self.transport.close()
+                    return
+            super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._in_head, self._head_bytes = False, 0
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._in_head = True
+            super().on_message_complete()
+
 
 class _Server(uvicorn.Server):
     """Tells whoever started us (a pipe fd) once the socket is bound and serving."""
@@ -47,7 +87,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                      max_body_bytes=max_body, timeout_s=float(timeout) if timeout else None,
                      address=(opts.host, opts.port))
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
-                            lifespan="on", timeout_keep_alive=90)
+                            lifespan="on", timeout_keep_alive=90,
+                            http=_BoundedHttpTools if HttpToolsProtocol is not None else "auto")
     server = _Server(config, opts.ready_fd)
     server.run()
     return 0 if server.started else 1

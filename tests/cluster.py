@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from typing import Optional
+import uuid
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import httpx
 
 from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry
+
+from actors import serve
+from actors._procs import stop_all, stop_process
 
 from .procs import kill_all, wait_until_gone
 
@@ -60,14 +66,19 @@ class LocalCluster:
             poll(lambda: name in self.registry.nodes(), what=f"worker {name} to register")
         return proc
 
-    def add_gateway(self, port: int, *, wait: bool = True) -> subprocess.Popen[bytes]:
+    def add_gateway(self, port: int, *, wait: bool = True, env: Optional[dict[str, str]] = None
+                    ) -> subprocess.Popen[bytes]:
+        """A gateway on ``port``; ``env`` adds settings (MQSERVE_MAX_BODY_BYTES...)."""
         cmd = [sys.executable, "-m", "gateway", "--redis-url", self.redis_url, "--namespace", self.namespace,
                "--host", "127.0.0.1", "--port", str(port)]
-        proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env={**self.env, **(env or {})}, cwd=ROOT, stdin=subprocess.DEVNULL)
         self.gateways[port] = proc
         if wait:
             poll(lambda: _healthy(port, proc), what=f"gateway on port {port}")
         return proc
+
+    def stop_gateway(self, port: int) -> None:
+        stop_process(self.gateways.pop(port))
 
     def kill_worker(self, name: str) -> None:
         """kill -9: the worker's replicas die with it (they have a parent-death signal)."""
@@ -90,15 +101,7 @@ class LocalCluster:
     def stop(self) -> list[int]:
         """Stop everything (TERM, then KILL) and return the pids still alive (none)."""
         procs = list(self.workers.values()) + list(self.gateways.values())
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+        stop_all(procs)
         kill_all(self.namespace, procs)
         self.workers.clear()
         self.gateways.clear()
@@ -112,3 +115,40 @@ def _healthy(port: int, proc: subprocess.Popen[bytes]) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@contextmanager
+def cluster_on(url: str, *, workers: int = 1, gateway: bool = False, prefix: str = "c",
+               **env: str) -> Iterator[tuple[LocalCluster, int]]:
+    """A cluster on ``url`` in a namespace of its own, with this process's serve connected
+    to it (cluster mode); ``env`` (MQSERVE_* settings) applies to every process. Yields
+    the cluster and its gateway's port (if ``gateway``). Everything stops on exit, and
+    the namespace is cleared."""
+    namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
+    saved = dict(os.environ)
+    os.environ.update(MQSERVE_NAMESPACE=namespace, **env)
+    local = LocalCluster(url, namespace)
+    port = free_port()
+    try:
+        for i in range(workers):
+            local.add_worker(f"w{i}")
+        if gateway:
+            local.add_gateway(port)
+        serve.start(redis_url=url)
+        yield local, port
+    finally:
+        serve.shutdown()
+        left = local.stop()
+        try:
+            local.registry.clear_namespace()
+        except Exception:  # a test may have stopped its Redis
+            pass
+        os.environ.clear()
+        os.environ.update(saved)
+        assert left == [], f"processes left behind: {left}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -7,7 +7,6 @@ test fails.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -24,13 +23,7 @@ from actors._local import find_redis_server  # noqa: E402
 from broker.connection import connect  # noqa: E402
 from broker.keys import Keys  # noqa: E402
 from broker.registry import Registry  # noqa: E402
-from tests.cluster import LocalCluster  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.cluster import LocalCluster, free_port  # noqa: E402,F401 - free_port is imported by tests
 
 
 @pytest.fixture(scope="session")

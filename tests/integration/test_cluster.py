@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -21,31 +20,15 @@ import pytest
 
 from actors import serve
 from actors.exceptions import DeployFailedError
-from tests.cluster import LocalCluster, poll
-from tests.conftest import ROOT, free_port
+from tests.cluster import LocalCluster, cluster_on, free_port, poll
+from tests.conftest import ROOT
 
 
 @pytest.fixture
 def fresh(redis_url: str) -> Iterator[LocalCluster]:
     """An empty cluster (no worker, no gateway) with this process's serve connected to it."""
-    namespace = f"cl{uuid.uuid4().hex[:8]}"
-    old = {k: os.environ.get(k) for k in ("MQSERVE_NAMESPACE", "MQSERVE_WORKER_WAIT_S")}
-    os.environ["MQSERVE_NAMESPACE"] = namespace
-    os.environ["MQSERVE_WORKER_WAIT_S"] = "3"
-    local = LocalCluster(redis_url, namespace)
-    try:
-        serve.start(redis_url=redis_url)
+    with cluster_on(redis_url, workers=0, prefix="cl", MQSERVE_WORKER_WAIT_S="3") as (local, _):
         yield local
-    finally:
-        serve.shutdown()
-        left = local.stop()
-        local.registry.clear_namespace()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        assert left == [], f"processes left behind: {left}"
 
 
 @serve.deployment

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import httpx
@@ -15,7 +13,7 @@ from starlette.responses import Response
 
 from actors import serve
 from examples.hello import language_classifier
-from tests.conftest import ROOT, free_port
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -167,21 +165,14 @@ def test_routes_healthz_and_metrics(base_url: str) -> None:
 
 
 @pytest.fixture
-def strict_gateway(redis_url: str, namespace: str, serve_instance):
+def strict_gateway(cluster, serve_instance):
     """A second gateway with a 0.5 s timeout and a 1 kB body limit."""
     port = free_port()
-    read_fd, write_fd = os.pipe()
-    env = {**os.environ, "PYTHONPATH": ROOT, "MQSERVE_HTTP_TIMEOUT_S": "0.5", "MQSERVE_MAX_BODY_BYTES": "1000"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "--redis-url", redis_url, "--namespace", namespace,
-                             "--port", str(port), "--ready-fd", str(write_fd)], env=env, pass_fds=(write_fd,))
-    os.close(write_fd)
+    cluster.add_gateway(port, env={"MQSERVE_HTTP_TIMEOUT_S": "0.5", "MQSERVE_MAX_BODY_BYTES": "1000"})
     try:
-        with os.fdopen(read_fd, "rb") as ready:
-            assert ready.readline().strip() == b"ready"
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        cluster.stop_gateway(port)
 
 
 def test_timeout_is_408_and_big_bodies_are_413(strict_gateway: str) -> None:

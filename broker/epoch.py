@@ -1,0 +1,33 @@
+"""Telling a Redis that restarted empty from one that kept its data.
+
+Every process that owns state in Redis remembers the server's ``run_id`` (new at every
+start). When it changes, the process asks :func:`check`: the namespace's epoch key
+(``Keys.epoch``, written when an app is registered) survives a restart with
+persistence; if it is gone, the first process to look marks the epoch as lost for this
+run, and every owner then writes its own records back (see docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import redis
+
+from .keys import Keys
+
+
+def server_id(client: redis.Redis) -> str:
+    return str(client.info("server")["run_id"])
+
+
+def check(client: redis.Redis, keys: Keys, seen: Optional[str]) -> tuple[bool, str]:
+    """``(lost, run_id)``: whether Redis restarted without our data since ``seen`` (the
+    run_id this process saw last; None at start, which never counts as lost)."""
+    run_id = server_id(client)
+    if seen is None or run_id == seen:
+        return False, run_id
+    marker = f"lost:{run_id}".encode()
+    pipe = client.pipeline(transaction=False)
+    pipe.set(keys.epoch, marker, nx=True)
+    pipe.get(keys.epoch)
+    return pipe.execute()[1] == marker, run_id
