@@ -98,6 +98,9 @@ class LocalCluster:
                 out[rec["node"]] = out.get(rec["node"], 0) + 1
         return out
 
+    def namespace_keys(self) -> set[bytes]:
+        return set(self.registry.redis.scan_iter(match=f"{self.namespace}:*", count=1000))
+
     def stop(self) -> list[int]:
         """Stop everything (TERM, then KILL) and return the pids still alive (none)."""
         procs = list(self.workers.values()) + list(self.gateways.values())
@@ -152,3 +155,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def settle_keys(cluster: LocalCluster, idle: set[bytes], timeout_s: float = 40) -> None:
+    """Poll until the namespace holds no key beyond ``idle`` (what it held at rest)."""
+    try:
+        poll(lambda: not (cluster.namespace_keys() - idle), timeout_s=timeout_s, what="keys to return to idle")
+    except AssertionError:
+        extra = sorted(cluster.namespace_keys() - idle)
+        ttls = {k: cluster.registry.redis.pttl(k) for k in extra[:10]}
+        raise AssertionError(f"{len(extra)} keys beyond idle: {ttls}") from None

@@ -24,23 +24,9 @@ import redis
 
 from actors import serve
 from actors.exceptions import ReplicaDiedError, RequestCancelledError, RequestLostError
-from tests.cluster import LocalCluster, cluster_on, free_port, poll
+from tests.cluster import cluster_on, free_port, poll, settle_keys
 from tests.conftest import ROOT
 from tests.redis_servers import RedisServer
-
-
-def namespace_keys(cluster: LocalCluster) -> set[bytes]:
-    return set(cluster.registry.redis.scan_iter(match=f"{cluster.namespace}:*", count=1000))
-
-
-def settle_keys(cluster: LocalCluster, idle: set[bytes], timeout_s: float = 40) -> None:
-    """Poll until the namespace holds no key beyond ``idle`` (what it held at rest)."""
-    try:
-        poll(lambda: not (namespace_keys(cluster) - idle), timeout_s=timeout_s, what="keys to return to idle")
-    except AssertionError:
-        extra = sorted(namespace_keys(cluster) - idle)
-        ttls = {k: cluster.registry.redis.pttl(k) for k in extra[:10]}
-        raise AssertionError(f"{len(extra)} keys beyond idle: {ttls}") from None
 
 
 @serve.deployment
@@ -225,7 +211,7 @@ def test_a_dead_callers_queued_requests_never_run_and_its_keys_expire(redis_url:
         handle = serve.run(Counted.options(max_ongoing_requests=1).bind(redis_url, prefix), name="slow",
                            route_prefix=None)
         assert handle.remote("warm-up", 0).result(timeout_s=30) == "warm-up"
-        idle = namespace_keys(cluster)
+        idle = cluster.namespace_keys()
         env = {**os.environ, "PYTHONPATH": ROOT, "MQSERVE_REDIS_URL": redis_url}
         caller = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CALLER)], env=env, cwd=ROOT,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -266,7 +252,7 @@ def test_a_dead_gateways_requests_finish_or_drop_and_keys_expire(redis_url: str)
         serve.run(SlowHttp.bind(), name="web", route_prefix="/web")
         port = free_port()
         gateway = cluster.add_gateway(port)
-        idle = namespace_keys(cluster)
+        idle = cluster.namespace_keys()
 
         def hit(path: str) -> None:
             try:
