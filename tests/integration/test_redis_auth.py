@@ -32,7 +32,7 @@ from broker.connection import connect
 from tests.cluster import LocalCluster
 from tests.conftest import free_port
 from tests.redis_servers import (CertToolMissing, Certs, RedisServer, RedisStartError, make_certs,
-                                 tls_unsupported)
+                                 redis_server_binaries, tls_unsupported)
 
 #: A refused connection must be reported within this many seconds (retries included).
 FAIL_FAST_S = 10.0
@@ -85,17 +85,22 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 def tls_port(certs: Certs) -> Iterator[int]:
     """A TLS-only redis-server (no plain port); clients need not present a certificate."""
     port = free_port()
-    try:
-        server = RedisServer(["--port", "0", "--tls-port", str(port), "--tls-cert-file", certs.server_cert,
-                              "--tls-key-file", certs.server_key, "--tls-ca-cert-file", certs.ca,
-                              "--tls-auth-clients", "no"])
-    except RedisStartError as e:
-        reason = tls_unsupported(e.log)
-        if reason:
-            pytest.skip(reason)
-        raise
-    with server:
-        yield port
+    args = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", certs.server_cert,
+            "--tls-key-file", certs.server_key, "--tls-ca-cert-file", certs.ca, "--tls-auth-clients", "no"]
+    reasons = []
+    for binary in redis_server_binaries():  # the first one built with TLS
+        try:
+            server = RedisServer(args, binary=binary)
+        except RedisStartError as e:
+            reason = tls_unsupported(e.log)
+            if not reason:
+                raise
+            reasons.append(f"{binary}: {reason}")
+            continue
+        with server:
+            yield port
+        return
+    pytest.skip("no redis-server with TLS support: " + "; ".join(reasons))
 
 
 @pytest.fixture(scope="module")
