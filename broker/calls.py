@@ -272,6 +272,7 @@ class CallClient:
         with self._lock:
             waiters = self._waiters.pop(req_id, ())
             self._owners.pop(req_id, None)
+            self._shared.discard(req_id)
         for fut in waiters:
             if not fut.done():
                 fut.set_exception(exc)
@@ -306,6 +307,8 @@ class CallClient:
         # The value went to the result key only (the response was passed downstream):
         # release the caller's own future; awaiting it reads the key (see watch()).
         with self._lock:
+            # The key stays for the calls that consume it; a later await re-shares it (watch()).
+            self._shared.discard(req_id)
             fut = self._owners.pop(req_id, None)
             waiters = self._waiters.get(req_id)
             if fut is not None and waiters is not None:

@@ -11,7 +11,7 @@ import pytest
 
 from actors import serve
 from actors.exceptions import RequestCancelledError
-from tests.cluster import cluster_on, settle_keys
+from tests.cluster import cluster_on, poll, settle_keys
 
 
 @serve.deployment(max_ongoing_requests=4)
@@ -47,7 +47,8 @@ def test_key_count_returns_to_idle_after_every_kind_of_call(redis_url: str) -> N
 
         # Unary, chained and HTTP calls.
         assert [r.result(timeout_s=30) for r in [handle.echo.remote(i) for i in range(200)]] == list(range(200))
-        assert handle.echo.remote(handle.echo.remote(5)).result(timeout_s=30) == 5
+        chained = [handle.echo.remote(handle.echo.remote(i)) for i in range(50)]
+        assert [r.result(timeout_s=30) for r in chained] == list(range(50))
         for _ in range(20):
             assert httpx.get(f"http://127.0.0.1:{port}/mixed", timeout=30).text == "ok"
         # Streams read to the end, and streams left early.
@@ -72,3 +73,6 @@ def test_key_count_returns_to_idle_after_every_kind_of_call(redis_url: str) -> N
                 r.result(timeout_s=0.05)
 
         settle_keys(cluster, idle)
+        # Nor does the caller keep anything per call once its calls are over.
+        client = chained[0]._client
+        poll(lambda: not (client._waiters or client._owners or client._shared), what="caller bookkeeping to empty")
