@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import logging
 import math
 import os
 import random
@@ -56,6 +57,8 @@ from actors._procs import child_preexec, stop_process  # noqa: E402
 from actors.exceptions import RequestCancelledError  # noqa: E402
 from broker.connection import connect  # noqa: E402
 from tests.procs import processes_with  # noqa: E402
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
 # The deployments -------------------------------------------------------------------------
 
@@ -225,10 +228,13 @@ def key_census(r: Any, ns: str, with_ttl: bool = False) -> dict[str, Any]:
 
 
 def driver_client_state() -> dict[str, int]:
-    """Sizes of this process's CallClient maps (pending futures, owners, shared ids)."""
+    """Sizes of this process's CallClient maps (pending futures, owners, shared ids), and
+    how many objects its garbage collector tracks."""
     from broker import calls
 
-    out = {"waiters": 0, "owners": 0, "shared": 0, "channels": 0}
+    import gc
+
+    out = {"waiters": 0, "owners": 0, "shared": 0, "channels": 0, "gc_objects": len(gc.get_objects())}
     for client in list(calls._clients.values()):
         out["waiters"] += len(client._waiters)
         out["owners"] += len(client._owners)
@@ -493,7 +499,8 @@ def _window_line(w: dict[str, Any]) -> str:
 
 #: Beyond noise: RSS +2 MiB and +5 % from the first window to the last, with the last
 #: third of the windows above the first third by as much; p50 x1.5 and +1 ms, p99 x2 and
-#: +5 ms; keys and used_memory +20 % (and +20 keys, +1 MiB); keys at idle above the
+#: +5 ms; keys and used_memory +20 % (and +20 keys, +1 MiB); Redis connections and the
+#: driver's pending-call maps +20 % (and +10, +100 entries); keys at idle above the
 #: baseline after the idle wait.
 def growth(res: dict[str, Any]) -> dict[str, Any]:
     wins = res["windows"]
@@ -528,6 +535,13 @@ def growth(res: dict[str, Any]) -> dict[str, Any]:
     m0, m1 = res["start"]["used_memory"], wins[-1]["used_memory"]
     if m1 > 1.2 * m0 and m1 - m0 > 1 << 20:
         found.append(f"redis used_memory {m0} -> {m1} under load")
+    c0, c1 = res["start"]["redis_clients"], wins[-1]["redis_clients"]
+    if c1 > 1.2 * c0 and c1 - c0 > 10:
+        found.append(f"redis connected_clients {c0} -> {c1} under load")
+    for field in ("waiters", "owners", "shared"):
+        d0, d1 = wins[0]["driver"][field], wins[-1]["driver"][field]
+        if d1 > 1.2 * d0 and d1 - d0 > 100:
+            found.append(f"driver CallClient._{field} {d0} -> {d1} entries (first -> last window)")
     ib, ia = res["idle_before"]["keys"], res["idle_after"]["keys"]
     if ia > ib:
         found.append(f"redis keys at idle {ib} before the load, {ia} {res['idle_after']['waited_s']} s after it "
