@@ -96,7 +96,17 @@ def _load_config(path: str) -> dict[str, Any]:
 
 
 def _deploy_all(opts: argparse.Namespace, progress: Any = None) -> list[tuple[str, Optional[str]]]:
-    """Deploy what ``opts.target`` names; returns (app name, route prefix) pairs."""
+    """Deploy what ``opts.target`` names; returns (app name, route prefix) pairs. Any
+    failure becomes a :class:`CLIError` naming its cause (and where, in user code)."""
+    try:
+        return _deploy_targets(opts, progress)
+    except CLIError:
+        raise
+    except Exception as e:
+        raise CLIError(f"Deploying {opts.target} failed: {_first_line(e)}{_at(e)}.") from None
+
+
+def _deploy_targets(opts: argparse.Namespace, progress: Any) -> list[tuple[str, Optional[str]]]:
     from . import serve
     from .context import get_context
 
@@ -125,12 +135,7 @@ def _run(opts: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        try:
-            deployed = _deploy_all(opts)
-        except CLIError:
-            raise
-        except Exception as e:
-            raise CLIError(f"Deploying {opts.target} failed: {_first_line(e)}{_at(e)}.") from None
+        deployed = _deploy_all(opts)
         ctx = current_context()
         bases = [f"http://{ctx.gateway.host}:{ctx.gateway.port}"] if ctx and ctx.gateway else \
             _gateway_urls(ctx.registry) if ctx else []
@@ -153,22 +158,14 @@ def _deploy(opts: argparse.Namespace) -> int:
                        "(to run an app on this machine alone, use mqserve run).")
     opts.host = opts.port = None
     try:
-        try:
-            deployed = _deploy_all(opts, progress=lambda line: print(f"mqserve: {line}", flush=True))
-        except CLIError:
-            raise
-        except Exception as e:
-            raise CLIError(f"Deploying {opts.target} failed: {_first_line(e)}{_at(e)}.") from None
+        deployed = _deploy_all(opts, progress=lambda line: print(f"mqserve: {line}", flush=True))
         ctx = current_context()
         bases = _gateway_urls(ctx.registry) if ctx else []
         for name, prefix in deployed:
             where = " and ".join(f"{base}{prefix or ''}" for base in bases) or "the cluster's gateways"
             print(f"mqserve: application '{name}' is serving at {where}", flush=True)
     finally:
-        ctx = current_context()
-        if ctx is not None:
-            ctx.apps.clear()  # deployed apps stay when we exit
-        shutdown_context()
+        shutdown_context(keep_cluster_apps=True)  # deployed apps stay when we exit
     return 0
 
 

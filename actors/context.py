@@ -32,6 +32,7 @@ from broker.registry import Registry, RouteConflictError
 
 from ._local import LocalGateway, LocalNode, LocalRedis
 from .config import ConfigError, Settings, user_config_tag
+from .controller import heartbeat_fresh
 from .deployment import Application, DeploymentPlan, build_app
 from .exceptions import DeployFailedError, DeploymentUnavailableError, rebuild_remote_error
 from .handle import DeploymentHandle
@@ -41,8 +42,6 @@ logger = logging.getLogger("mqserve")
 
 #: Seconds between checks of the deploy state when no event arrives (events wake us sooner).
 EVENT_WAIT_S = 0.5
-#: Seconds without a heartbeat after which ``deploy`` does not count a worker as live.
-WORKER_FRESH_S = 5.0
 
 
 class ServeContext:
@@ -170,7 +169,7 @@ class ServeContext:
     def _check_workers(self, since: Optional[float], progress: Optional[Callable[[str], None]]) -> Optional[float]:
         """Fail a cluster deploy that has had no live worker for ``MQSERVE_WORKER_WAIT_S``."""
         now = time.time()
-        if any(now - rec.get("heartbeat", 0) < WORKER_FRESH_S for rec in self.registry.nodes().values()):
+        if any(heartbeat_fresh(rec, now) for rec in self.registry.nodes().values()):
             return None
         if since is None:
             if progress is not None:
@@ -324,22 +323,15 @@ def current_context() -> Optional[ServeContext]:
     return _context
 
 
-def shutdown_context() -> None:
+def shutdown_context(*, keep_cluster_apps: bool = False) -> None:
+    """Tear down this process's context. ``keep_cluster_apps``: leave the apps deployed on
+    a cluster running, as at interpreter exit (Ray Serve's apps outlive their driver);
+    local mode stops everything anyway."""
     global _context
     with _context_lock:
         ctx, _context = _context, None
     if ctx is not None:
-        ctx.shutdown()
+        ctx.shutdown(delete_apps=not (keep_cluster_apps and ctx.cluster))
 
 
-def _at_exit() -> None:
-    """A driver that exits without ``serve.shutdown()`` leaves its cluster apps running
-    (as Ray Serve's apps outlive their driver); local mode stops everything."""
-    global _context
-    with _context_lock:
-        ctx, _context = _context, None
-    if ctx is not None:
-        ctx.shutdown(delete_apps=not ctx.cluster)
-
-
-atexit.register(_at_exit)
+atexit.register(shutdown_context, keep_cluster_apps=True)

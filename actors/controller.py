@@ -119,7 +119,7 @@ class Controller:
         reg, now = self.registry, time.time()
         live = {}
         for node, rec in reg.nodes().items():
-            if now - rec.get("heartbeat", 0) < NODE_DEAD_AFTER_S:
+            if heartbeat_fresh(rec, now):
                 live[node] = rec
                 continue
             lost = reg.bury_node(node, self.result_ttl_ms, ReplicaDiedError(
@@ -127,7 +127,7 @@ class Controller:
                 f"{NODE_DEAD_AFTER_S:.0f} s) before answering."))
             logger.warning("worker %s is gone; replacing its %d replica(s)", node, len(lost))
         for gateway, rec in reg.gateways().items():
-            if now - rec.get("heartbeat", 0) >= NODE_DEAD_AFTER_S:
+            if not heartbeat_fresh(rec, now):
                 reg.remove_gateway(gateway)
         return live
 
@@ -202,6 +202,11 @@ class Controller:
             for rid, rec in reg.replicas(app, dep).items():
                 if rid not in live and rec.get("state") == "DEPLOY_FAILED" and rec.get("version") != version:
                     reg.remove_replica(app, dep, rid)
+
+
+def heartbeat_fresh(record: dict[str, Any], now: float) -> bool:
+    """Whether a node or gateway record was refreshed within :data:`NODE_DEAD_AFTER_S`."""
+    return now - record.get("heartbeat", 0) < NODE_DEAD_AFTER_S
 
 
 def _least_loaded(load: dict[str, int], capacity: dict[str, Optional[int]]) -> Optional[str]:

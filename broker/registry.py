@@ -35,6 +35,10 @@ class Registry:
     def ping(self) -> None:
         self.redis.ping()
 
+    def _json_hash(self, key: str) -> dict[str, Any]:
+        """A hash of JSON records, by (decoded) field."""
+        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(key).items()}
+
     # Applications and deployments --------------------------------------------------------
     def put_app(self, record: dict[str, Any], deployments: dict[str, dict[str, Any]]) -> None:
         """Register (or upgrade) an app and its deployments atomically.
@@ -73,7 +77,7 @@ class Registry:
                     continue
 
     def apps(self) -> dict[str, dict[str, Any]]:
-        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.keys.apps).items()}
+        return self._json_hash(self.keys.apps)
 
     def app(self, name: str) -> Optional[dict[str, Any]]:
         raw = self.redis.hget(self.keys.apps, name)
@@ -231,7 +235,7 @@ class Registry:
         pipe.execute()
 
     def replicas(self, app: str, dep: str) -> dict[str, dict[str, Any]]:
-        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.keys.replicas(app, dep)).items()}
+        return self._json_hash(self.keys.replicas(app, dep))
 
     def replica_sets(self, app: str, deps: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
         deps = list(deps)
@@ -294,11 +298,10 @@ class Registry:
         pipe.execute()
 
     def nodes(self) -> dict[str, dict[str, Any]]:
-        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.keys.nodes).items()}
+        return self._json_hash(self.keys.nodes)
 
     def assignments(self, node_id: str) -> dict[str, dict[str, Any]]:
-        raw = self.redis.hgetall(self.keys.node_assignments(node_id))
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        return self._json_hash(self.keys.node_assignments(node_id))
 
     def assign(self, node_id: str, replica_id: str, record: dict[str, Any]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -320,7 +323,7 @@ class Registry:
         self.redis.hdel(self.keys.gateways, gateway_id)
 
     def gateways(self) -> dict[str, dict[str, Any]]:
-        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.keys.gateways).items()}
+        return self._json_hash(self.keys.gateways)
 
     # Autoscaling ------------------------------------------------------------------------------
     def scale_states(self) -> dict[tuple[str, str], dict[str, Any]]:
