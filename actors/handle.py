@@ -218,8 +218,9 @@ class DeploymentResponse:
             raise ServeException(
                 "A DeploymentResponse can only be passed as an argument to another handle "
                 ".remote() call; to store or send the value, await it first.")
-        self._client.share(self._req_id)
+        self._client.share(self._req_id)  # first: a reply arriving now must keep the key
         if self._future.done() and not self._future.cancelled() and self._future.exception() is None:
+            self._client.unshare(self._req_id)  # the value travels inline; nobody reads the key
             return (_embedded_outcome, (self._future.result(),))
         refs.append(self._req_id)
         return (_chained_value, (self._req_id,))

@@ -187,6 +187,11 @@ class CallClient:
         with self._lock:
             self._shared.add(req_id)
 
+    def unshare(self, req_id: str) -> None:
+        """Undo :meth:`share`: no other call will read the key after all."""
+        with self._lock:
+            self._shared.discard(req_id)
+
     def forget(self, req_id: str) -> None:
         """Stop waiting for ``req_id`` (cancelled or timed out)."""
         with self._lock:
@@ -277,7 +282,12 @@ class CallClient:
             if not fut.done():
                 fut.set_exception(exc)
 
-    def _fail_all(self, exc: BaseException) -> None:
+    def _fail_if_lost(self, data: "_DataLossWatch") -> None:
+        """If Redis restarted without its data, no pending call will be answered: say so."""
+        if not data.lost():
+            return
+        exc = RequestLostError("Redis restarted without persistence while this request was pending; it may or "
+                               "may not have run, and its answer is lost. Call again if that is safe.")
         with self._lock:
             pending = list(self._waiters)
         for req_id in pending:
@@ -322,16 +332,12 @@ class CallClient:
     def _listen_loop(self) -> None:
         unlink: list[str] = []
         alive = _Heartbeat(self.inbox)
-        run_id: Optional[str] = None
+        data = _DataLossWatch(self._redis, self.keys)
         while not self._closed:
             try:
                 if alive.due():
                     alive.beat(self._redis.pipeline(transaction=False)).execute()
-                    lost, run_id = epoch.check(self._redis, self.keys, run_id)
-                    if lost:
-                        self._fail_all(RequestLostError(
-                            "Redis restarted without persistence while this request was pending; it may or "
-                            "may not have run, and its answer is lost. Call again if that is safe."))
+                self._fail_if_lost(data)
                 item = self._redis.blpop([self.inbox], timeout=LISTEN_BLOCK_S)
                 items: Optional[list[bytes]] = [item[1]] if item is not None else None
                 while items:
@@ -339,6 +345,7 @@ class CallClient:
                     pipe = _drain(self._redis.pipeline(transaction=False), unlink, self.inbox, alive)
                     unlink = []
                     items = _taken(pipe.execute(raise_on_error=False))
+                    self._fail_if_lost(data)  # also while replies keep coming
             except redis.RedisError as e:
                 alive.reset()
                 if not self._closed:
@@ -441,6 +448,23 @@ class _Heartbeat:
         self.at = time.monotonic()
         pipe.set(self.key, 1, px=ALIVE_TTL_MS)
         return pipe
+
+
+class _DataLossWatch:
+    """Asks, at most every :data:`ALIVE_REFRESH_S`, whether Redis restarted without its
+    data since the last look (see :mod:`broker.epoch`)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client, self.keys = client, keys
+        self.run_id: Optional[str] = None
+        self.at = 0.0
+
+    def lost(self) -> bool:
+        if time.monotonic() - self.at < ALIVE_REFRESH_S:
+            return False
+        self.at = time.monotonic()
+        lost, self.run_id = epoch.check(self.client, self.keys, self.run_id)
+        return lost
 
 
 def _drain(pipe: Any, unlink: list[str], inbox: str, alive: _Heartbeat) -> Any:
