@@ -248,9 +248,9 @@ def _without_user_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _registry_fields(plan: DeploymentPlan, version: str) -> dict[str, Any]:
-    _pickle_user_code_by_value(plan.func_or_class)
+    sources = _sources(_pickle_user_code_by_value(plan.func_or_class))
     try:
-        spec = codec.seal(cloudpickle.dumps((plan.func_or_class, plan.init_args, plan.init_kwargs)))
+        spec = codec.seal(codec.dumps((plan.func_or_class, plan.init_args, plan.init_kwargs, sources)))
     except Exception as e:
         raise ConfigError(f"Deployment '{plan.name}' or its bound arguments cannot be pickled: {e}") from e
     return {"spec": spec, "config": plan.config.to_json(), "version": version,
@@ -261,27 +261,47 @@ _LIBRARY_DIRS = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib"
 _OWN_PACKAGES = ("actors", "broker", "gateway")
 
 
-def _pickle_user_code_by_value(obj: Any) -> None:
+def _pickle_user_code_by_value(obj: Any) -> list[str]:
     """Ship the user's own code inside the pickle, so workers need neither its files nor
     to import (and re-run) it: the module that defines ``obj``, and every module loaded
-    from the same source tree (its local helpers).
+    from the same source tree (its local helpers). Returns the files of the code that
+    travels by value (``__main__``'s included, which cloudpickle always ships).
 
     Installed packages stay by reference: workers have them installed.
     """
     module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    if module is None or module.__name__ == "__main__":
-        return
+    if module is None:
+        return []
+    if module.__name__ == "__main__":
+        main_file = getattr(module, "__file__", None)
+        return [os.path.abspath(main_file)] if main_file else []
     path = _user_source(module)
     if path is None:
-        return
+        return []
     root = _import_root(path)
+    files = []
     for other in list(sys.modules.values()):
         other_path = _user_source(other) if other is not None else None
         if other_path is not None and (other is module or other_path.startswith(root + os.sep)):
             try:
                 cloudpickle.register_pickle_by_value(other)
             except ValueError:
-                pass
+                continue
+            files.append(other_path)
+    return files
+
+
+def _sources(files: list[str]) -> dict[str, str]:
+    """The text of code shipped by value, keyed by file name: a worker without those
+    files still shows their lines in tracebacks (see ``replica.remember_sources``)."""
+    sources = {}
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                sources[path] = f.read()
+        except (OSError, UnicodeDecodeError):
+            continue
+    return sources
 
 
 def _user_source(module: Any) -> Optional[str]:

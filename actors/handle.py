@@ -113,7 +113,8 @@ class DeploymentHandle:
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                        refs=tuple(refs), reply_to=client.reply_inbox())
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs))
-        return DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future)
+        return DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future,
+                                  tuple(refs))
 
 
 def _rebuild_handle(kwargs: dict[str, Any]) -> DeploymentHandle:
@@ -132,13 +133,16 @@ class DeploymentResponse:
     """
 
     def __init__(self, client: CallClient, app: str, dep: str, req_id: str, message: bytes,
-                 future: concurrent.futures.Future[bytes]) -> None:
+                 future: concurrent.futures.Future[bytes], refs: tuple[str, ...] = ()) -> None:
         self._client = client
         self._app = app
         self._dep = dep
         self._req_id = req_id
         self._message = message
         self._future = future
+        self._refs = refs  # ids of the responses this call consumes
+        self._raw: Optional[bytes] = None  # the outcome's bytes, once read
+        self._passed_on = False  # passed to another call by reference (see __reduce__)
         self._value: Any = _PENDING
         self._error: Optional[BaseException] = None
 
@@ -148,6 +152,7 @@ class DeploymentResponse:
 
     def _outcome(self, outcome: bytes) -> Any:
         if self._value is _PENDING and self._error is None:
+            self._raw = outcome
             ok, value = codec.decode_outcome(outcome)
             if ok:
                 self._value = value
@@ -171,19 +176,21 @@ class DeploymentResponse:
             raise RuntimeError(
                 "Sync methods should not be called from within an asyncio event loop. "
                 "Use `await response` instead of `response.result()`.")
+        if self._raw is not None:
+            return self._outcome(self._raw)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             outcome = self._future.result(timeout=timeout_s)
             if outcome == DETACHED:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                outcome = self._client.watch(self._req_id).result(timeout=left)
+                outcome = self._client.watch(self._req_id, own=True).result(timeout=left)
         except concurrent.futures.CancelledError:
             raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
         except concurrent.futures.TimeoutError:
             # A caller that gives up does not want the request started later; one already
             # running goes on (as in Ray), and a later result() may still get its value.
             if not self._future.done():
-                self._client.withdraw(self._app, self._dep, self._req_id, self._message)
+                self._client.withdraw(self._app, self._dep, self._req_id, self._message, self._refs)
             raise TimeoutError(
                 f"Request {self._req_id} to deployment '{self._dep}' did not finish within "
                 f"{timeout_s} s.") from None
@@ -193,12 +200,14 @@ class DeploymentResponse:
         return self._await().__await__()
 
     async def _await(self) -> Any:
+        if self._raw is not None:
+            return self._outcome(self._raw)
         if self._future.cancelled():
             raise RequestCancelledError(f"Request {self._req_id} was cancelled.")
         try:
             outcome = await wait_on_loop(self._future)
             if outcome == DETACHED:
-                outcome = await wait_on_loop(self._client.watch(self._req_id))
+                outcome = await wait_on_loop(self._client.watch(self._req_id, own=True))
         except asyncio.CancelledError:
             if self._future.cancelled():
                 raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
@@ -209,21 +218,26 @@ class DeploymentResponse:
     def cancel(self) -> None:
         """Cancel the call: a request no replica has taken yet is withdrawn and never runs."""
         if self._future.cancel():
-            self._client.forget(self._req_id)
-            self._client.cancel(self._app, self._dep, self._req_id, self._message)
+            self._client.cancel(self._app, self._dep, self._req_id, self._message, self._refs)
 
     def __reduce__(self) -> Any:
+        """Pass the value to the call being pickled: inline if it is here already (an
+        error or a cancellation too), else by reference to the result key."""
         refs = _collecting.get()
         if refs is None:
             raise ServeException(
                 "A DeploymentResponse can only be passed as an argument to another handle "
                 ".remote() call; to store or send the value, await it first.")
-        self._client.share(self._req_id)  # first: a reply arriving now must keep the key
-        if self._future.done() and not self._future.cancelled() and self._future.exception() is None:
-            self._client.unshare(self._req_id)  # the value travels inline; nobody reads the key
-            return (_embedded_outcome, (self._future.result(),))
+        outcome = self._raw if self._raw is not None else self._client.pass_on(self._req_id, self._future)
+        if outcome is not None:
+            return (_embedded_outcome, (outcome,))
+        self._passed_on = True
         refs.append(self._req_id)
         return (_chained_value, (self._req_id,))
+
+    def __del__(self) -> None:
+        if self._passed_on:
+            self._client.release(self._req_id)
 
     def __repr__(self) -> str:
         return f"DeploymentResponse(deployment='{self._dep}', request_id='{self._req_id}')"
@@ -429,8 +443,8 @@ def load_call_args(client: CallClient, payload: bytes, refs: tuple[str, ...],
     call fails with it, as in Ray.
     """
     values: dict[str, Any] = {}
-    futures = {req_id: client.watch(req_id) for req_id in dict.fromkeys(refs)}
-    for req_id, fut in futures.items():
+    futures = [(req_id, client.watch(req_id)) for req_id in refs]  # one promised read each
+    for req_id, fut in futures:
         values[req_id] = _embedded_outcome(fut.result(timeout=timeout_s))
     token = _resolved.set(values)
     try:

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import inspect
+import linecache
 import logging
 import os
 import signal
@@ -40,6 +41,7 @@ from broker.streams import StreamWriter
 from ._procs import on_stdin_eof
 from . import http
 from .batching import batch_capacity
+from .cancellation import Cancellations
 from .config import DeploymentConfig, user_config_tag
 from .exceptions import RequestCancelledError
 from .handle import load_call_args
@@ -102,8 +104,7 @@ class Replica:
         self.target: Any = None
         self.is_function = False
         self.user_config_tag = ""
-        # Async requests running on the loop, by request id (for cancellation).
-        self.running: dict[str, concurrent.futures.Future[Any]] = {}
+        self.cancels = Cancellations()
         self.current = threading.local()
         self.ingress: Optional[http.ASGIApp] = None
 
@@ -170,6 +171,7 @@ class Replica:
         while not self.stop_requested.is_set():
             try:
                 pubsub = self.registry.subscribe(cancellations=True)
+                pubsub.ping()  # its pong: subscribed; then read the cancellations we may have missed
                 while not self.stop_requested.is_set():
                     if time.monotonic() - checked >= DATA_CHECK_S:
                         checked = time.monotonic()
@@ -177,10 +179,12 @@ class Replica:
                     event = pubsub.get_message(timeout=DATA_CHECK_S)
                     if event is None:
                         continue
+                    if event["type"] == "pong":
+                        for req_id in self.registry.cancelled_taken(self.replica_id):
+                            self.cancels.heard(req_id)
+                        continue
                     if event["channel"] == self.keys.cancellations.encode():
-                        running = self.running.get(event["data"].decode())
-                        if running is not None:
-                            running.cancel()  # CancelledError inside the user's coroutine
+                        self.cancels.heard(event["data"].decode())
                         continue
                     if f'"app": "{self.app}"'.encode() not in event.get("data", b""):
                         continue
@@ -244,7 +248,8 @@ class Replica:
         await self.aio.aclose()
 
     def _construct(self, blob: bytes, config: DeploymentConfig) -> None:
-        func_or_class, args, kwargs = cloudpickle.loads(codec.unseal(blob))  # refuses forged code
+        func_or_class, args, kwargs, sources = cloudpickle.loads(codec.unseal(blob))  # refuses forged code
+        remember_sources(sources)
         self.loop_thread = EventLoopThread(logging.getLogger("mqserve.replica.loop"))
         self.loop_thread.start(timeout=10)
         self.aio = connect_async(self.url)  # used on the loop only
@@ -287,13 +292,19 @@ class Replica:
         if message.options.get("stream"):
             message.deferred = self._stream(message, method, payload, refs)
             return
+        self._refuse_if_cancelled(message.message_id)
         client = get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
         args, kwargs = load_call_args(client, payload, refs)
+        self._refuse_if_cancelled(message.message_id)  # while it waited for its arguments
         result = self._method(method)(*args, **kwargs)
         if inspect.isawaitable(result):
             message.deferred = self._on_loop(result)
         else:
             message.return_value = result
+
+    def _refuse_if_cancelled(self, req_id: str) -> None:
+        if self.cancels.cancelled(req_id):
+            raise RequestCancelledError(f"Request {req_id} was cancelled before it started.")
 
     def _writer(self, message: Any) -> StreamWriter:
         assert self.loop_thread is not None
@@ -367,10 +378,8 @@ class Replica:
                 logger.error("deployment '%s' raised", self.deployment, exc_info=e)
                 outcome.set_result(codec.encode_error(e))
 
-        req_id = self.current.req_id
         task = asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop_thread.loop)
-        self.running[req_id] = task
-        task.add_done_callback(lambda t: self.running.pop(req_id, None))
+        self.cancels.start(self.current.req_id, task)
         task.add_done_callback(done)
         return outcome
 
@@ -390,6 +399,14 @@ class Replica:
         worker.queue_prefetch = concurrency  # never hold work an idle replica could take
         worker.start()
         return worker, broker
+
+
+def remember_sources(sources: dict[str, str]) -> None:
+    """Let tracebacks show the lines of the user code shipped by value, as it was when
+    deployed: the worker may lack its file (another machine), or hold another version
+    of it. (An entry without mtime is never re-read from disk by ``linecache``.)"""
+    for path, text in sources.items():
+        linecache.cache[path] = (len(text), None, text.splitlines(keepends=True), path)
 
 
 async def _as_coroutine(awaitable: Any) -> Any:

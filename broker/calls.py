@@ -13,8 +13,11 @@ Two ways in, chosen by where the call is made:
   the loop go out in one pipeline, and their replies resolve on the loop itself, with
   no hop through another thread.
 
-A request's outcome also stays under its result key until its TTL, so a chained call
-on another replica can read it (see ``watch``).
+A request's outcome is written under its result key too. The listener deletes that
+key once it has delivered the reply, unless the response was passed to another call by
+reference: then the downstream replicas read the key (see ``watch``), and it goes when
+the last promised read is done (``settle.lua``). The promise is this process's count of
+the reads it made possible, sent when the response object is dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from concurrent.futures import Future
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
@@ -34,7 +38,7 @@ import redis
 from actors.exceptions import (BackPressureError, DeploymentUnavailableError, RequestCancelledError,
                                RequestLostError)
 
-from . import epoch, scripts, streams
+from . import codec, epoch, scripts, streams
 from .codec import REQUEST_ID_LEN, new_request_id
 from .connection import connect, connect_async
 from .keys import Keys
@@ -70,9 +74,21 @@ class CallClient:
         self.client_name = f"mqserve-caller-{os.getpid()}"
         self._redis = connect(url, client_name=self.client_name)
         self._lock = threading.Lock()
+        #: Futures waiting for a request's outcome, by request id: its caller's own reply
+        #: and any number of reads of its result key (``watch``).
         self._waiters: dict[str, list[Future[bytes]]] = {}
+        #: The caller's reply future of each unary request sent from here, until it comes.
+        #: Only such a reply deletes the result key after delivering it.
         self._owners: dict[str, Future[bytes]] = {}
-        self._shared: set[str] = set()
+        #: Responses of this process passed to other calls by reference: how many reads of
+        #: their result key this process made possible (consumers plus its own reads). The
+        #: key stays while the response lives; see ``release``.
+        self._holds: dict[str, int] = {}
+        #: Responses dropped by their objects (any thread, even a GC pass: no lock taken),
+        #: then settled by the listener on its next round trip.
+        self._dropped: deque[str] = deque()
+        #: ``settle.lua`` calls for the listener's next round trip: (id, promised or "", reads).
+        self._settles: list[tuple[str, str, int]] = []
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopChannel] = \
             weakref.WeakKeyDictionary()
         self._closed = False
@@ -91,33 +107,27 @@ class CallClient:
                consumes: tuple[str, ...] = (), *, expect_reply: bool = True) -> Future[bytes]:
         """Queue ``message`` for deployment ``app/dep``; the future gets its outcome bytes.
 
-        ``consumes`` are ids of responses passed as arguments: their values will go to
-        their result keys only, and their own futures resolve to :data:`DETACHED`.
-        Without ``expect_reply`` (streamed calls) the future resolves once the request
-        is queued.
+        ``consumes`` are ids of responses passed as arguments (see :meth:`pass_on`):
+        their values will go to their result keys only, and their own futures resolve
+        to :data:`DETACHED`. Without ``expect_reply`` (streamed calls) the future
+        resolves once the request is queued.
         """
         fut: Future[bytes] = Future()
         qkey, dkey = self.keys.queue(app, dep), self.keys.deployment(app, dep)
-        args = (message, self.result_ttl_ms, *(self.keys.detached(r) for r in consumes))
+        args = [message, self.result_ttl_ms]
+        for ref in consumes:
+            args += (self.keys.detached(ref), self.keys.result(ref))
 
         def add(batch: scripts.Batch) -> None:
-            batch.script(scripts.ENQUEUE, (dkey, qkey, self.keys.controller_wake), args)
+            batch.script(scripts.ENQUEUE, (dkey, qkey, self.keys.controller_wake, self.keys.cancelled(req_id)),
+                         args)
 
         def done(res: Any) -> None:
             if isinstance(res, Exception):
-                self._fail(req_id, ConnectionError(f"could not reach Redis to send a request: {res}"))
-            elif res == -1:
-                self._fail(req_id, DeploymentUnavailableError(
-                    f"Deployment '{dep}' of application '{app}' is not running (deleted or never "
-                    "started). Deploy it with serve.run() before calling it."))
-            elif res == -2:
-                self._fail(req_id, BackPressureError(
-                    f"Request dropped: deployment '{dep}' of application '{app}' already has "
-                    "max_queued_requests requests waiting. Retry later or raise max_queued_requests."))
-            elif res == -3:
-                self._fail(req_id, DeploymentUnavailableError(
-                    f"Deployment '{dep}' of application '{app}' failed to start, so it cannot take "
-                    "requests; serve.status() says why. Fix it and deploy again."))
+                # Perhaps queued after all: its consumed responses may still be read.
+                self._not_run(req_id, (), ConnectionError(f"could not reach Redis to send a request: {res}"))
+            elif isinstance(res, int) and res < 0:
+                self._not_run(req_id, consumes, _refusal(res, app, dep, req_id))
             elif not expect_reply:
                 self._deliver(req_id, b"")
 
@@ -126,19 +136,42 @@ class CallClient:
             self._waiters.setdefault(req_id, []).append(fut)
             if expect_reply:
                 self._owners[req_id] = fut
-            else:
-                self._shared.add(req_id)  # no result key to delete
         self._send(add, done)
         return fut
 
-    def watch(self, req_id: str) -> Future[bytes]:
-        """A future for the outcome of any request, by id (for chained calls)."""
+    def pass_on(self, req_id: str, fut: Future[bytes]) -> Optional[bytes]:
+        """A response of this process is passed to another call: its outcome, to travel
+        inline, if it has come; else None, and the call reads the result key itself
+        (the id goes in its ``consumes``), which stays until :meth:`release`."""
+        with self._lock:
+            if req_id in self._owners or req_id in self._holds:
+                self._holds[req_id] = self._holds.get(req_id, 0) + 1
+                return None
+        # The reply was delivered or the call failed (its future is being set right now,
+        # at worst by the listener thread).
+        try:
+            outcome = fut.result()
+        except concurrent.futures.CancelledError:
+            return codec.encode_error(RequestCancelledError(f"Request {req_id} was cancelled."))
+        except Exception as e:
+            return codec.encode_error(e)
+        return outcome
+
+    def release(self, req_id: str) -> None:
+        """A response passed on by reference was dropped: nothing here reads its key any
+        more. Safe from any thread and from ``__del__`` (takes no lock)."""
+        self._dropped.append(req_id)
+
+    def watch(self, req_id: str, *, own: bool = False) -> Future[bytes]:
+        """A future for the outcome of any request, by id: a chained call's argument, or
+        (``own``) this process's response that was passed on and whose value went only to
+        its result key. Every watch is one of the reads the caller promised."""
         fut: Future[bytes] = Future()
         rkey, wkey = self.keys.result(req_id), self.keys.watchers(req_id)
         inbox = self.reply_inbox()
 
         def add(batch: scripts.Batch) -> None:
-            batch.script(scripts.WATCH, (rkey, wkey), (inbox, self.result_ttl_ms))
+            batch.script(scripts.WATCH, (rkey, wkey, self.keys.reads(req_id)), (inbox, self.result_ttl_ms))
 
         def done(res: Any) -> None:
             if isinstance(res, Exception):
@@ -149,27 +182,33 @@ class CallClient:
         with self._lock:
             self._check_open()
             self._waiters.setdefault(req_id, []).append(fut)
-            self._shared.add(req_id)
+            if own:
+                self._holds[req_id] = self._holds.get(req_id, 0) + 1
         self._send(add, done)
         return fut
 
-    def cancel(self, app: str, dep: str, req_id: str, message: bytes) -> Future[bool]:
-        """Withdraw a queued request; the future says whether it was withdrawn unrun."""
-        fut: Future[bool] = Future()
-        qkey, ckey = self.keys.queue(app, dep), self.keys.cancelled(req_id)
+    def cancel(self, app: str, dep: str, req_id: str, message: bytes, consumes: tuple[str, ...] = ()) -> None:
+        """Withdraw a queued request (it never runs), or flag a taken one as cancelled: the
+        replica checks the flag before it starts the request and cancels it if running."""
+        qkeys = (self.keys.queue(app, dep), self.keys.cancelled(req_id), self.keys.result(req_id))
+        with self._lock:  # nobody here waits for its reply any more (it may never be read)
+            self._owners.pop(req_id, None)
+            self._waiters.pop(req_id, None)
+            held = "1" if req_id in self._holds else "0"
 
         def add(batch: scripts.Batch) -> None:
-            batch.script(scripts.CANCEL, (qkey, ckey), (message, self.result_ttl_ms, self.keys.cancellations, req_id))
+            batch.script(scripts.CANCEL, qkeys,
+                         (message, self.result_ttl_ms, self.keys.cancellations, req_id, held))
 
         def done(res: Any) -> None:
-            fut.set_result(res == 1)
+            if res == 1:
+                self._not_run(req_id, consumes, RequestCancelledError(f"Request {req_id} was cancelled."))
 
         self._send(add, done, outlive_loop=True)
-        return fut
 
-    def withdraw(self, app: str, dep: str, req_id: str, message: bytes) -> None:
+    def withdraw(self, app: str, dep: str, req_id: str, message: bytes, consumes: tuple[str, ...] = ()) -> None:
         """Take back a request no replica has taken yet (its caller gave up waiting); its
-        future then fails with ``error``. One already running is left alone."""
+        future then fails with ``RequestCancelledError``. One already running is left alone."""
         qkey = self.keys.queue(app, dep)
 
         def add(batch: scripts.Batch) -> None:
@@ -177,26 +216,10 @@ class CallClient:
 
         def done(res: Any) -> None:
             if res == 1:
-                self._fail(req_id, RequestCancelledError(
+                self._not_run(req_id, consumes, RequestCancelledError(
                     f"Request {req_id} was withdrawn unrun: its caller timed out before a replica took it."))
 
         self._send(add, done, outlive_loop=True)
-
-    def share(self, req_id: str) -> None:
-        """Keep ``req_id``'s result key after its reply arrives: another call reads it."""
-        with self._lock:
-            self._shared.add(req_id)
-
-    def unshare(self, req_id: str) -> None:
-        """Undo :meth:`share`: no other call will read the key after all."""
-        with self._lock:
-            self._shared.discard(req_id)
-
-    def forget(self, req_id: str) -> None:
-        """Stop waiting for ``req_id`` (cancelled or timed out)."""
-        with self._lock:
-            self._waiters.pop(req_id, None)
-            self._owners.pop(req_id, None)
 
     def stream_entries(self, req_id: str, stopped: Callable[[], bool]) -> Iterator[dict[bytes, bytes]]:
         """Entries of a streamed response, from this thread (blocks in XREAD)."""
@@ -233,6 +256,10 @@ class CallClient:
         except redis.RedisError:
             pass
         self._listener.join(timeout=2)
+        try:
+            self._settle(self._take_settles())
+        except redis.RedisError:
+            pass
         self._background.shutdown(wait=True)
         self._redis.close()
 
@@ -273,14 +300,35 @@ class CallClient:
         done(res)
 
     # Receiving ----------------------------------------------------------------------------
-    def _fail(self, req_id: str, exc: BaseException) -> None:
+    def _fail(self, req_id: str, exc: BaseException) -> bool:
+        """Fail every waiter of ``req_id``; True if the response was passed on by reference."""
         with self._lock:
             waiters = self._waiters.pop(req_id, ())
             self._owners.pop(req_id, None)
-            self._shared.discard(req_id)
+            held = req_id in self._holds
         for fut in waiters:
             if not fut.done():
                 fut.set_exception(exc)
+        return held
+
+    def _not_run(self, req_id: str, consumes: tuple[str, ...], exc: BaseException) -> None:
+        """A request that will never run (refused, withdrawn): its caller gets ``exc``, and
+        so does every call it was passed to, through its result key; the responses it
+        consumed will not be read by it."""
+        with self._lock:
+            for ref in consumes:
+                if ref in self._holds:
+                    self._holds[ref] -= 1
+                else:  # already released: count the read that will not happen
+                    self._settles.append((ref, "", 1))
+        if self._fail(req_id, exc):
+            outcome = codec.encode_error(exc)
+
+            def add(batch: scripts.Batch) -> None:
+                scripts.complete(batch, self.keys, req_id, outcome, reply_to="",
+                                 processing_key=self.keys.pattern("none"), raw=b"", ttl_ms=self.result_ttl_ms)
+
+            self._send(add, lambda res: None, outlive_loop=True)
 
     def _fail_if_lost(self, data: "_DataLossWatch") -> None:
         """If Redis restarted without its data, no pending call will be answered: say so."""
@@ -290,22 +338,43 @@ class CallClient:
                                "may not have run, and its answer is lost. Call again if that is safe.")
         with self._lock:
             pending = list(self._waiters)
+            self._holds.clear()  # their keys are gone
         for req_id in pending:
             self._fail(req_id, exc)
         if pending:
             logger.warning("mqserve: %d pending request(s) lost with Redis's data", len(pending))
 
     def _deliver(self, req_id: str, outcome: bytes) -> Optional[str]:
-        """Resolve every waiter of ``req_id``; returns its result key if nobody else needs it."""
+        """Resolve every waiter of ``req_id``; returns its result key if nobody else needs
+        it: this was the caller's own reply, and the response was not passed on."""
         with self._lock:
             waiters = self._waiters.pop(req_id, ())
-            self._owners.pop(req_id, None)
-            shared = req_id in self._shared
-            self._shared.discard(req_id)
+            owned = self._owners.pop(req_id, None) is not None
+            unlink = owned and req_id not in self._holds
         for fut in waiters:
             if not fut.done():
                 fut.set_result(outcome)
-        return None if shared else self.keys.result(req_id)
+        return self.keys.result(req_id) if unlink else None
+
+    def _take_settles(self) -> list[tuple[str, str, int]]:
+        """What the listener sends next: reads promised for responses dropped since its
+        last round, and reads that will not happen."""
+        with self._lock:
+            while self._dropped:
+                req_id = self._dropped.popleft()
+                promised = self._holds.pop(req_id, None)
+                if promised is None:
+                    continue
+                # Nobody waits for its reply any more, and that reply must not delete the key.
+                owner = self._owners.pop(req_id, None)
+                waiters = self._waiters.get(req_id)
+                if owner is not None and waiters is not None and owner in waiters:
+                    waiters.remove(owner)
+                    if not waiters:
+                        del self._waiters[req_id]
+                self._settles.append((req_id, str(promised), 0))
+            settles, self._settles = self._settles, []
+        return settles
 
     def dispatch(self, raw: bytes) -> Optional[str]:
         """Handle one inbox item; returns a result key the listener should delete."""
@@ -315,10 +384,8 @@ class CallClient:
         if len(raw) > REQUEST_ID_LEN:
             return self._deliver(req_id, raw[REQUEST_ID_LEN:])
         # The value went to the result key only (the response was passed downstream):
-        # release the caller's own future; awaiting it reads the key (see watch()).
+        # release the caller's own future; awaiting it reads the key (watch(own=True)).
         with self._lock:
-            # The key stays for the calls that consume it; a later await re-shares it (watch()).
-            self._shared.discard(req_id)
             fut = self._owners.pop(req_id, None)
             waiters = self._waiters.get(req_id)
             if fut is not None and waiters is not None:
@@ -329,6 +396,20 @@ class CallClient:
             fut.set_result(DETACHED)
         return None
 
+    def _settle(self, settles: list[tuple[str, str, int]]) -> None:
+        if not settles:
+            return
+        batch = scripts.Batch()
+        for req_id, promised, reads in settles:
+            batch.script(scripts.SETTLE, (self.keys.result(req_id), self.keys.reads(req_id)),
+                         (promised, reads, self.result_ttl_ms))
+        try:
+            batch.execute(self._redis)
+        except redis.RedisError:
+            with self._lock:
+                self._settles[:0] = settles  # again on the next round
+            raise
+
     def _listen_loop(self) -> None:
         unlink: list[str] = []
         alive = _Heartbeat(self.inbox)
@@ -338,6 +419,7 @@ class CallClient:
                 if alive.due():
                     alive.beat(self._redis.pipeline(transaction=False)).execute()
                 self._fail_if_lost(data)
+                self._settle(self._take_settles())
                 item = self._redis.blpop([self.inbox], timeout=LISTEN_BLOCK_S)
                 items: Optional[list[bytes]] = [item[1]] if item is not None else None
                 while items:
@@ -346,6 +428,7 @@ class CallClient:
                     unlink = []
                     items = _taken(pipe.execute(raise_on_error=False))
                     self._fail_if_lost(data)  # also while replies keep coming
+                    self._settle(self._take_settles())
             except redis.RedisError as e:
                 alive.reset()
                 if not self._closed:
@@ -483,6 +566,23 @@ def _taken(results: list[Any]) -> Optional[list[bytes]]:
     if isinstance(results[-1], Exception):
         raise results[-1]
     return results[-1]  # type: ignore[no-any-return]
+
+
+def _refusal(code: int, app: str, dep: str, req_id: str) -> Exception:
+    """The error of a request ``enqueue.lua`` refused with ``code``."""
+    if code == -2:
+        return BackPressureError(
+            f"Request dropped: deployment '{dep}' of application '{app}' already has "
+            "max_queued_requests requests waiting. Retry later or raise max_queued_requests.")
+    if code == -3:
+        return DeploymentUnavailableError(
+            f"Deployment '{dep}' of application '{app}' failed to start, so it cannot take "
+            "requests; serve.status() says why. Fix it and deploy again.")
+    if code == -4:
+        return RequestCancelledError(f"Request {req_id} was cancelled.")
+    return DeploymentUnavailableError(
+        f"Deployment '{dep}' of application '{app}' is not running (deleted or never "
+        "started). Deploy it with serve.run() before calling it.")
 
 
 def _running_loop() -> Optional[asyncio.AbstractEventLoop]:

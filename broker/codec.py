@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import logging
 import os
 import pickle
 import time
 import traceback
+import types
 import uuid
+from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -138,14 +141,44 @@ def decode_request(data: bytes) -> dict[str, Any]:
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 
 
-def _dumps(obj: Any) -> bytes:
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _code_reduce(code: types.CodeType) -> Any:
+    """Pickle a code object as cloudpickle does, but keep its file name.
+
+    cloudpickle 3.1.3 writes ``co_filename = "<dynamic-code>"`` into every function it
+    pickles by value (for deterministic bytes), which leaves remote tracebacks and
+    ``mqserve run`` errors without the user's file and line. The name is put back on
+    the other side; the bytes stay deterministic for the same source file.
+    """
+    ctor, args = _cloudpickle_code_reduce(code)
+    return _code_with_filename, (ctor, args, code.co_filename)
+
+
+def _code_with_filename(ctor: Any, args: tuple[Any, ...], filename: str) -> types.CodeType:
+    code: types.CodeType = ctor(*args)
+    return code if code.co_filename == filename else code.replace(co_filename=filename)
+
+
+class _Pickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+
+
+def dumps(obj: Any) -> bytes:
+    """cloudpickle, keeping the source file names of code pickled by value: the one
+    pickler for everything that may hold user code (arguments, results, exceptions,
+    stream items, deployment specs)."""
+    with io.BytesIO() as out:
+        _Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        return out.getvalue()
+
 
 
 def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     if all(type(a) in _PLAIN for a in args) and all(type(v) in _PLAIN for v in kwargs.values()):
         return pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    return _dumps((args, kwargs))
+    return dumps((args, kwargs))
 
 
 def decode_args(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -157,7 +190,7 @@ def encode_value(value: Any) -> bytes:
     """An outcome holding a return value; raises if the value cannot be pickled."""
     if type(value) in _PLAIN:
         return seal(_OK + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    return seal(_OK + _dumps(value))
+    return seal(_OK + dumps(value))
 
 
 @dataclass(frozen=True)
@@ -199,7 +232,7 @@ def decode_outcome(data: bytes) -> tuple[bool, Any]:
 
 def _try_dumps(obj: Any) -> Optional[bytes]:
     try:
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return dumps(obj)
     except Exception:
         return None
 

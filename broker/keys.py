@@ -62,6 +62,11 @@ class Keys:
         a replica drops a long-queued request whose caller's key is gone."""
         return f"{inbox}:alive"
 
+    def reads(self, req_id: str) -> str:
+        """HASH ``read``/``promised``: how often a response passed by reference was read,
+        and how many reads its caller made possible; the last read deletes the result."""
+        return f"{self.ns}:reads:{req_id}"
+
     def detached(self, req_id: str) -> str:
         """STRING set when a response was passed to another call: its value then goes only
         to the result key, and the caller's inbox gets just the request id."""

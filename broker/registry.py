@@ -380,6 +380,21 @@ class Registry:
         if self.redis.get(self.keys.controller_lock) == candidate.encode():
             self.redis.delete(self.keys.controller_lock)
 
+    def cancelled_taken(self, replica_id: str) -> list[str]:
+        """Ids of the requests in a replica's processing list whose cancel flag is set."""
+        ids = []
+        for raw in self.redis.lrange(self.keys.processing(replica_id), 0, -1):
+            try:
+                ids.append(codec.decode_request(raw)["message_id"])
+            except Exception:
+                continue  # not ours: the consumer drops it
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for req_id in ids:
+            pipe.exists(self.keys.cancelled(req_id))
+        return [req_id for req_id, flagged in zip(ids, pipe.execute()) if flagged]
+
     def subscribe(self, *, cancellations: bool = False) -> Any:
         """A pub/sub subscription to state-change events, and to cancelled request ids if
         asked (call ``get_message(timeout=)``; ``channel`` tells them apart)."""

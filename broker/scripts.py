@@ -31,7 +31,7 @@ class Script:
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
     def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
-        """Add a call to ``pipe``; pair with :func:`execute_pipeline`."""
+        """Add a call to ``pipe`` (a :class:`Batch` runs it again if the script was not loaded)."""
         pipe.evalsha(self.sha, len(keys), *keys, *args)
 
 
@@ -39,9 +39,10 @@ ENQUEUE = Script("enqueue")
 COMPLETE = Script("complete")
 WATCH = Script("watch")
 CANCEL = Script("cancel")
+SETTLE = Script("settle")
 LEAD = Script("lead")
 TAKE = Script("take")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, LEAD, TAKE)
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, SETTLE, LEAD, TAKE)
 
 
 def complete(batch: "Batch", keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,
@@ -49,7 +50,8 @@ def complete(batch: "Batch", keys: Any, req_id: str, outcome: bytes, *, reply_to
     """Queue ``complete.lua`` for one request: publish its outcome (unless ``publish`` is
     off: a streamed response) and drop ``raw`` from ``processing_key``."""
     batch.script(COMPLETE,
-                 (keys.result(req_id), keys.watchers(req_id), processing_key, reply_to, keys.detached(req_id)),
+                 (keys.result(req_id), keys.watchers(req_id), processing_key, reply_to, keys.detached(req_id),
+                  keys.reads(req_id), keys.cancelled(req_id)),
                  (req_id, outcome, ttl_ms, raw, 1 if publish else 0))
 
 

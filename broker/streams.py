@@ -21,10 +21,9 @@ import threading
 from concurrent.futures import Future
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
-import cloudpickle
 import redis
 
-from .codec import seal, unseal
+from .codec import dumps, seal, unseal
 from .keys import Keys
 
 ITEMS = b"d"
@@ -96,7 +95,7 @@ class StreamWriter:
     def _flush_items(self) -> None:
         # Caller holds self.lock.
         if self.items:
-            self.entries.append((ITEMS, seal(cloudpickle.dumps(self.items))))
+            self.entries.append((ITEMS, seal(dumps(self.items))))
             self.items = []
 
     # Writer side (the loop) ----------------------------------------------------------------

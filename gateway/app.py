@@ -156,7 +156,6 @@ class Gateway:
         try:
             outcome = await asyncio.wait_for(wait_on_loop(future), self.timeout_s)
         except asyncio.TimeoutError:
-            self.client.forget(req_id)
             self.client.cancel(route.app, route.ingress, req_id, message)
             return await _send_text(send, 408, f"Request timed out after {self.timeout_s} s.")
         except (BackPressureError, DeploymentUnavailableError, ConnectionError) as e:

@@ -3,13 +3,17 @@
 -- KEYS[2]  deployment queue (LIST; callers LPUSH, replicas take from the right)
 -- KEYS[3]  controller wake-up list, pushed when the deployment is scaled to zero
 --          (field idle = '1'), so the first request starts a replica at once
+-- KEYS[4]  the request's cancel flag: a cancellation that overtook its request (sent on
+--          another connection) must not let it run
 -- ARGV[1]  encoded request message
 -- ARGV[2]  TTL in ms of the flags below
--- ARGV[3..] "detached" flag keys of responses this call consumes: their values then
---           go to their result keys only, not back to their caller (see complete.lua)
+-- ARGV[3..] pairs of keys of each response this call consumes: its "detached" flag and
+--           its result. If the result is not written yet, the flag makes its value go
+--           to the result key only, not back to its caller (see complete.lua).
 -- Returns the queue length after the push, -1 if the deployment is not registered,
 -- -2 if max_queued requests are already waiting (backpressure; nothing is queued),
--- -3 if the deployment failed to start (its field state is 'failed').
+-- -3 if the deployment failed to start (its field state is 'failed'), -4 if the request
+-- was cancelled before it was queued.
 local fields = redis.call('HMGET', KEYS[1], 'max_queued', 'state', 'idle')
 local max_queued = fields[1]
 if not max_queued then
@@ -18,12 +22,17 @@ end
 if fields[2] == 'failed' then
   return -3
 end
+if redis.call('DEL', KEYS[4]) == 1 then
+  return -4
+end
 max_queued = tonumber(max_queued)
 if max_queued >= 0 and redis.call('LLEN', KEYS[2]) >= max_queued then
   return -2
 end
-for i = 3, #ARGV do
-  redis.call('SET', ARGV[i], '1', 'PX', ARGV[2])
+for i = 3, #ARGV, 2 do
+  if redis.call('EXISTS', ARGV[i + 1]) == 0 then
+    redis.call('SET', ARGV[i], '1', 'PX', ARGV[2])
+  end
 end
 if fields[3] == '1' then
   redis.call('LPUSH', KEYS[3], 1)

@@ -198,6 +198,35 @@ def test_deploy_reports_the_constructor_error(fresh: LocalCluster, redis_url: st
     assert "RuntimeError: no model file" in done.stderr and "broken.py" in done.stderr
 
 
+def test_remote_traceback_shows_user_source_the_worker_lacks(fresh: LocalCluster, tmp_path,
+                                                             monkeypatch) -> None:
+    """Code travels by value with its source: a worker on another machine (here: the
+    file is gone once deployed) still shows the failing line, under its file name."""
+    (tmp_path / "faulty.py").write_text(textwrap.dedent('''
+        from actors import serve
+
+        @serve.deployment
+        class Faulty:
+            def __call__(self, n):
+                raise LookupError(f"no entry {n}")  # the line the traceback shows
+
+        app = Faulty.bind()
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import faulty  # type: ignore[import-not-found]
+
+    fresh.add_worker("w-a")
+    handle = serve.run(faulty.app, name="faulty", route_prefix="/faulty")
+    os.remove(tmp_path / "faulty.py")
+    with pytest.raises(LookupError) as info:
+        handle.remote(7).result(timeout_s=30)
+    remote = str(info.value)
+    assert "no entry 7" in remote
+    assert f'File "{tmp_path / "faulty.py"}", line 7' in remote
+    assert 'raise LookupError(f"no entry {n}")  # the line the traceback shows' in remote
+    sys.modules.pop("faulty", None)
+
+
 def test_driver_exit_leaves_cluster_apps_running(fresh: LocalCluster, redis_url: str) -> None:
     fresh.add_worker("w-a")
     code = textwrap.dedent('''

@@ -58,3 +58,33 @@ def test_unpicklable_exception_falls_back_to_type_and_message() -> None:
     assert not ok and failure.exception is None
     assert failure.exc_type is not None and failure.exc_type.__name__ == "Holding"
     assert failure.message == "has a lock"
+
+
+def test_code_pickled_by_value_keeps_its_file_name(tmp_path, monkeypatch) -> None:
+    """cloudpickle 3.1.3 renames every shipped function's file to "<dynamic-code>";
+    remote tracebacks need the real name (and line numbers) back, nested code too."""
+    import importlib
+    import pickle
+    import sys
+    import traceback
+
+    import cloudpickle
+    import pytest
+
+    path = tmp_path / "shipped_mod.py"
+    path.write_text("def outer(n):\n    def inner():\n        raise KeyError(n)\n    return inner\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("shipped_mod")
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        blob = codec.dumps(module.outer)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+        sys.modules.pop("shipped_mod")
+    outer = pickle.loads(blob)
+    assert outer.__module__ == "shipped_mod" and "shipped_mod" not in sys.modules  # came by value
+    assert outer.__code__.co_filename == str(path)
+    with pytest.raises(KeyError) as info:
+        outer(3)()
+    frame = traceback.extract_tb(info.value.__traceback__)[-1]
+    assert (frame.filename, frame.lineno, frame.line) == (str(path), 3, "raise KeyError(n)")
