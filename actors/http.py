@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+from collections.abc import Mapping
 from typing import Any, Awaitable, Callable, Optional
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from broker import codec
 from broker.queue import STREAMED
@@ -60,7 +61,7 @@ def to_response(result: Any) -> Response:
         return StreamingResponse(_achunks(result))
     if inspect.isgenerator(result):  # Starlette iterates it on a thread: it may block
         return StreamingResponse(stream_chunk(item) for item in result)
-    return JSONResponse(result)
+    return Response(to_json(result), media_type="application/json")
 
 
 def stream_chunk(item: Any) -> bytes:
@@ -69,7 +70,26 @@ def stream_chunk(item: Any) -> bytes:
         return item
     if isinstance(item, str):
         return item.encode()
-    return (json.dumps(item) + "\n").encode()
+    return to_json(item) + b"\n"
+
+
+def to_json(value: Any) -> bytes:
+    """JSON as Starlette's ``JSONResponse`` writes it, also for the values Ray Serve sends
+    as JSON that ``json`` alone refuses (see ``_jsonable``)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                      default=_jsonable).encode()
+
+
+def _jsonable(value: Any) -> Any:
+    """``json``'s fallback, wherever the value is nested. Any ``Mapping`` (Starlette's
+    ``QueryParams``, ``Headers``) is an object keeping the last value of a repeated key, as
+    ``dict()`` and Ray Serve do. numpy scalars and arrays become numbers and lists through
+    their own ``tolist()``, so numpy stays optional and is never imported here."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if type(value).__module__ == "numpy":
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 async def _achunks(result: Any) -> Any:
@@ -78,14 +98,19 @@ async def _achunks(result: Any) -> Any:
 
 
 def call_as_asgi(method: Callable[..., Any]) -> ASGIApp:
-    """An ASGI app that calls ``method(request)`` and sends what it returns."""
+    """An ASGI app that calls ``method(request)`` and sends what it returns.
+
+    A method without parameters is called without the request: Ray Serve reads the
+    signature the same way, so ``async def __call__(self)`` serves HTTP there too.
+    """
+    takes_request = bool(inspect.signature(method).parameters)
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
-        request = Request(scope, receive)
+        args = (Request(scope, receive),) if takes_request else ()
         if inspect.iscoroutinefunction(method):
-            result = await method(request)
+            result = await method(*args)
         else:
-            result = await asyncio.get_running_loop().run_in_executor(None, method, request)
+            result = await asyncio.get_running_loop().run_in_executor(None, method, *args)
             if inspect.isawaitable(result):
                 result = await result
         await to_response(result)(scope, receive, send)

@@ -69,6 +69,49 @@ class Ticker:
             time.sleep(0.3)
 
 
+@serve.deployment
+class QueryEcho:
+    def __call__(self, request: Request) -> object:
+        return request.query_params
+
+
+@serve.deployment
+class Pair:
+    def __call__(self, request: Request) -> tuple:
+        return ("a", 1, (2, 3))
+
+
+@serve.deployment
+class AsyncNoRequest:
+    async def __call__(self) -> str:
+        return "async method"
+
+
+@serve.deployment
+class SyncNoRequest:
+    def __call__(self) -> str:
+        return "sync method"
+
+
+@serve.deployment
+async def async_no_request() -> str:
+    return "async function"
+
+
+@serve.deployment
+def sync_no_request() -> dict:
+    return {"sync": "function"}
+
+
+@serve.deployment
+class NumpyValues:
+    def __call__(self, request: Request) -> dict:
+        import numpy as np
+
+        return {"int": np.int64(3), "float": np.float32(0.5), "bool": np.bool_(True),
+                "array": np.arange(3), "nested": [{"matrix": np.array([[1.5, 2.0], [3.0, 4.0]])}]}
+
+
 def test_language_classifier_over_http(base_url: str) -> None:
     serve.run(language_classifier, name="hello", route_prefix="/hello")
     r = httpx.post(f"{base_url}/hello", json={"language": "spanish", "name": "Dora"})
@@ -116,6 +159,43 @@ def test_request_arrives_intact_and_json_goes_back(base_url: str) -> None:
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json() == {"method": "PUT", "path": "/mirror/a/b", "root_path": "/mirror",
                         "query": {"x": "1", "y": "two"}, "header": "hdr", "body": "payload"}
+
+
+def test_a_mapping_goes_out_as_a_json_object(base_url: str) -> None:
+    # Given an ingress returning request.query_params, a Starlette multi-dict
+    serve.run(QueryEcho.bind(), name="query", route_prefix="/query")
+    # When a query repeats a key
+    r = httpx.get(f"{base_url}/query?x=1&y=two&x=3")
+    # Then it is a JSON object holding the last value of a repeated key, as dict() and Ray give
+    assert (r.status_code, r.headers["content-type"]) == (200, "application/json")
+    assert r.json() == {"x": "3", "y": "two"}
+
+
+def test_a_tuple_goes_out_as_a_json_list(base_url: str) -> None:
+    serve.run(Pair.bind(), name="pair", route_prefix="/pair")
+    r = httpx.get(f"{base_url}/pair")
+    assert (r.status_code, r.json()) == (200, ["a", 1, [2, 3]])
+
+
+def test_an_ingress_without_parameters_is_called_without_the_request(base_url: str) -> None:
+    # Given methods and functions, sync and async, that take no request
+    for app in (AsyncNoRequest, SyncNoRequest, async_no_request, sync_no_request):
+        serve.run(app.bind(), name=app.name, route_prefix=f"/{app.name}")
+    # When each is reached over HTTP
+    answers = [httpx.post(f"{base_url}/{name}", content=b"ignored")
+               for name in ("AsyncNoRequest", "SyncNoRequest", "async_no_request", "sync_no_request")]
+    # Then each is called without it, as in Ray Serve
+    assert [(r.status_code, r.text) for r in answers] == [
+        (200, "async method"), (200, "sync method"), (200, "async function"), (200, '{"sync":"function"}')]
+
+
+def test_numpy_values_go_out_as_json_numbers_and_lists(base_url: str) -> None:
+    pytest.importorskip("numpy")
+    serve.run(NumpyValues.bind(), name="numpy", route_prefix="/numpy")
+    r = httpx.get(f"{base_url}/numpy")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"int": 3, "float": 0.5, "bool": True, "array": [0, 1, 2],
+                        "nested": [{"matrix": [[1.5, 2.0], [3.0, 4.0]]}]}
 
 
 def test_longest_prefix_wins_and_unknown_routes_are_404(base_url: str) -> None:
