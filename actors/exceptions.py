@@ -17,6 +17,7 @@ __all__ = [
     "RequestCancelledError",
     "DeployFailedError",
     "ReplicaDiedError",
+    "RequestLostError",
 ]
 
 

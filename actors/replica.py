@@ -84,10 +84,6 @@ class _Outcomes(dramatiq.Middleware):
                 f"Deployment '{self.deployment}' returned a value that cannot be pickled "
                 f"({type(result).__name__}): {e}"))
 
-    def after_skip_message(self, broker: Any, message: Any) -> None:
-        from .exceptions import RequestCancelledError
-
-        message.outcome = codec.encode_error(RequestCancelledError("the request was skipped"))
 
 
 class Replica:

@@ -592,13 +592,13 @@ def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
         return None
 
 
-_clients: dict[tuple[int, str, str], CallClient] = {}
+_clients: dict[tuple[int, str, str, int], CallClient] = {}
 _clients_lock = threading.Lock()
 
 
 def get_client(url: str, keys: Keys, *, result_ttl_ms: int) -> CallClient:
-    """The process's client for ``url`` (a new one after fork)."""
-    key = (os.getpid(), url, keys.ns)
+    """The process's client for ``url`` and these settings (a new one after fork)."""
+    key = (os.getpid(), url, keys.ns, result_ttl_ms)
     with _clients_lock:
         client = _clients.get(key)
         if client is None or client.closed:
@@ -608,7 +608,7 @@ def get_client(url: str, keys: Keys, *, result_ttl_ms: int) -> CallClient:
 
 def close_clients() -> None:
     with _clients_lock:
-        clients = [c for (pid, _, _), c in _clients.items() if pid == os.getpid()]
+        clients = [c for (pid, *_), c in _clients.items() if pid == os.getpid()]
         _clients.clear()
     for client in clients:
         client.close()

@@ -1,7 +1,7 @@
 """A Dramatiq broker whose consumer blocks on Redis instead of polling.
 
 Dramatiq's stock ``RedisBroker`` sleeps up to a second between empty fetches, which is
-the whole latency budget of a serving request (see RESEARCH.md §D). Here a replica's
+the whole latency budget of a serving request. Here a replica's
 consumer takes a message with ``BLMOVE queue -> processing list``: the command returns
 the moment a caller pushes, and the message stays in Redis (in the replica's processing
 list) until the outcome is written, so a dead replica's work can be found and requeued.
@@ -93,15 +93,6 @@ class ServeBroker(dramatiq.Broker):
             self.emit_before("declare_queue", queue_name)
             self.queues.add(queue_name)
             self.emit_after("declare_queue", queue_name)
-
-    def enqueue(self, message: dramatiq.Message, *, delay: Optional[int] = None) -> dramatiq.Message:
-        if delay:
-            raise NotImplementedError("mqserve queues do not support delayed messages")
-        raw = codec.encode_request(
-            req_id=message.message_id, method=message.args[0], payload=message.args[1],
-            refs=tuple(message.args[2]), reply_to=message.options.get("reply_to", ""))
-        self.client.lpush(self.queue_key, raw)
-        return message
 
     def get_declared_queues(self) -> set[str]:
         return set(self.queues)

@@ -335,3 +335,40 @@ def test_backpressure_rejects_at_once_and_never_runs_the_rejected(serve_instance
     # And the others are served, while the refused one never ran
     assert busy.result(timeout_s=10) == 0 and [r.result(timeout_s=10) for r in waiting] == [1, 2]
     assert 3 not in handle.ran.remote().result()
+
+
+def test_each_result_ttl_gets_its_own_client(redis_url: str, namespace: str) -> None:
+    """Handles with different result TTLs in one process do not share the first one's."""
+    from broker.calls import get_client
+    from broker.keys import Keys
+
+    short = get_client(redis_url, Keys(namespace), result_ttl_ms=1_000)
+    long = get_client(redis_url, Keys(namespace), result_ttl_ms=600_000)
+    try:
+        assert (short.result_ttl_ms, long.result_ttl_ms) == (1_000, 600_000)
+        assert get_client(redis_url, Keys(namespace), result_ttl_ms=1_000) is short
+    finally:
+        short.close()
+        long.close()
+
+
+def test_dramatiq_enqueue_cannot_bypass_the_enqueue_script(redis_url: str, namespace: str) -> None:
+    """Only enqueue.lua queues requests (it checks the deployment exists, backpressure and
+    cancellation): the broker's Dramatiq ``enqueue`` is refused, nothing is queued."""
+    import dramatiq
+
+    from broker import codec
+    from broker.keys import Keys
+    from broker.queue import ServeBroker
+
+    keys = Keys(namespace)
+    queue = keys.queue("noapp", "nodep")
+    broker = ServeBroker(redis_url, keys, queue_key=queue, processing_key=keys.processing("r"), result_ttl_ms=1000)
+    try:
+        message = dramatiq.Message(queue_name=codec.REQUEST_QUEUE, actor_name=codec.REQUEST_ACTOR,
+                                   args=("__call__", b"", ()), kwargs={}, options={})
+        with pytest.raises(NotImplementedError):
+            broker.enqueue(message)
+        assert broker.client.llen(queue) == 0
+    finally:
+        broker.close()

@@ -47,3 +47,14 @@ def test_serve_errors_pickle_and_cancelled_is_asyncio_cancelled() -> None:
     err = pickle.loads(pickle.dumps(BackPressureError("full")))
     assert str(err) == "full"
     assert isinstance(RequestCancelledError("x"), asyncio.CancelledError)
+
+
+def test_every_public_exception_is_exported() -> None:
+    """``from actors.exceptions import *`` gives what a Ray user catches, ours included."""
+    import actors.exceptions as module
+
+    public = {name for name, value in vars(module).items()
+              if isinstance(value, type) and issubclass(value, BaseException) and not name.startswith("_")
+              and value.__module__ == module.__name__ and name != "RemoteError"}
+    assert public <= set(module.__all__)
+    assert "RequestLostError" in module.__all__
