@@ -377,8 +377,7 @@ class Registry:
         return raw.decode() if raw else None
 
     def resign(self, candidate: str) -> None:
-        if self.redis.get(self.keys.controller_lock) == candidate.encode():
-            self.redis.delete(self.keys.controller_lock)
+        scripts.RESIGN(self.redis, (self.keys.controller_lock,), (candidate,))
 
     def subscribe(self, *, cancellations: bool = False) -> Any:
         """A pub/sub subscription to state-change events, and to cancelled request ids if

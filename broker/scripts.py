@@ -40,8 +40,9 @@ COMPLETE = Script("complete")
 WATCH = Script("watch")
 CANCEL = Script("cancel")
 LEAD = Script("lead")
+RESIGN = Script("resign")
 TAKE = Script("take")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, LEAD, TAKE)
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, LEAD, RESIGN, TAKE)
 
 
 def complete(batch: "Batch", keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,

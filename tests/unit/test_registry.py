@@ -1,10 +1,15 @@
-"""Registry records against fakeredis (no scripts involved)."""
+"""Registry records: against fakeredis where no script is involved, else a real Redis."""
 
 from __future__ import annotations
+
+import uuid
+from typing import Iterator
 
 import fakeredis
 import pytest
 
+from broker import scripts
+from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry, RouteConflictError
 
@@ -46,3 +51,38 @@ def test_replica_records_and_assignments(registry: Registry) -> None:
     registry.unassign("n1", "r1")
     registry.remove_replica("a", "X", "r1")
     assert registry.assignments("n1") == {} and registry.replicas("a", "X") == {}
+
+
+# Against a real Redis: Lua scripts, Redis's clock, pub/sub ------------------------------------
+
+@pytest.fixture
+def real_registry(redis_url: str) -> Iterator[Registry]:
+    registry = Registry(connect(redis_url), Keys(f"u{uuid.uuid4().hex[:8]}"))
+    try:
+        yield registry
+    finally:
+        registry.clear_namespace()
+
+
+def test_resign_never_releases_a_lease_taken_over_meanwhile(real_registry: Registry) -> None:
+    scripts.load_all(real_registry.redis)
+    lock = real_registry.keys.controller_lock
+    assert real_registry.lead("old", 4000)
+    # Given that the lease expires and another process takes it right after the
+    # resigning process's first round trip to Redis
+    send = real_registry.redis.execute_command
+    calls = []
+
+    def first_command_then_takeover(*args, **kwargs):
+        try:
+            return send(*args, **kwargs)
+        finally:
+            if not calls:
+                calls.append(args[0])
+                real_registry.redis.set(lock, "new", px=4000)
+
+    real_registry.redis.execute_command = first_command_then_takeover  # type: ignore[method-assign]
+    # When the old holder resigns
+    real_registry.resign("old")
+    # Then the new holder keeps its lease
+    assert calls and real_registry.leader() == "new"
