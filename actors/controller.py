@@ -116,10 +116,10 @@ class Controller:
 
     def _live_nodes(self) -> dict[str, dict[str, Any]]:
         """Nodes that heartbeat; bury the others (and forget silent gateways)."""
-        reg, now = self.registry, time.time()
+        reg = self.registry
         live = {}
         for node, rec in reg.nodes().items():
-            if heartbeat_fresh(rec, now):
+            if heartbeat_fresh(rec):
                 live[node] = rec
                 continue
             lost = reg.bury_node(node, self.result_ttl_ms, ReplicaDiedError(
@@ -127,7 +127,7 @@ class Controller:
                 f"{NODE_DEAD_AFTER_S:.0f} s) before answering."))
             logger.warning("worker %s is gone; replacing its %d replica(s)", node, len(lost))
         for gateway, rec in reg.gateways().items():
-            if not heartbeat_fresh(rec, now):
+            if not heartbeat_fresh(rec):
                 reg.remove_gateway(gateway)
         return live
 
@@ -204,9 +204,10 @@ class Controller:
                     reg.remove_replica(app, dep, rid)
 
 
-def heartbeat_fresh(record: dict[str, Any], now: float) -> bool:
-    """Whether a node or gateway record was refreshed within :data:`NODE_DEAD_AFTER_S`."""
-    return now - record.get("heartbeat", 0) < NODE_DEAD_AFTER_S
+def heartbeat_fresh(record: dict[str, Any]) -> bool:
+    """Whether a node or gateway record (from ``Registry.nodes`` or ``gateways``) was
+    refreshed within :data:`NODE_DEAD_AFTER_S`."""
+    return float(record.get("heartbeat_age_s", NODE_DEAD_AFTER_S)) < NODE_DEAD_AFTER_S
 
 
 def _least_loaded(load: dict[str, int], capacity: dict[str, Optional[int]]) -> Optional[str]:

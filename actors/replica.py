@@ -29,7 +29,7 @@ import redis
 from dramatiq.asyncio import EventLoopThread
 from dramatiq.middleware import CurrentMessage
 
-from broker import codec
+from broker import clock, codec
 from broker.calls import close_clients, get_client
 from broker.connection import connect, connect_async
 from broker.keys import Keys
@@ -133,6 +133,7 @@ class Replica:
         # What this replica writes back if Redis restarts without its data.
         self.app_record = self.registry.app(self.app)
         self.deployment_fields = self.registry.deployment_fields(self.app, self.deployment)
+        clock.sync(self.registry.redis)  # before the first request: its age is judged in Redis's time
         worker, broker = self._start_worker(config)
         self._record("RUNNING")
         threading.Thread(target=self._follow_events, name="mqserve-events", daemon=True).start()

@@ -40,9 +40,9 @@ class ApplicationStatusOverview:
 @dataclass
 class ServeStatus:
     applications: dict[str, ApplicationStatusOverview] = field(default_factory=dict)
-    #: Live worker (node) records by id: host, pid, replicas, max_replicas, heartbeat.
+    #: Worker (node) records by id: host, pid, replicas, max_replicas, heartbeat_age_s.
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Gateway records by id: host, port, pid, heartbeat.
+    #: Gateway records by id: host, port, pid, heartbeat_age_s.
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Who runs the controller now.
     controller: Optional[str] = None

@@ -34,7 +34,7 @@ import redis
 from actors.exceptions import (BackPressureError, DeploymentUnavailableError, RequestCancelledError,
                                RequestLostError)
 
-from . import epoch, scripts, streams
+from . import clock, epoch, scripts, streams
 from .codec import REQUEST_ID_LEN, new_request_id
 from .connection import connect, connect_async
 from .keys import Keys
@@ -69,6 +69,7 @@ class CallClient:
         self.inbox = keys.inbox(new_request_id())
         self.client_name = f"mqserve-caller-{os.getpid()}"
         self._redis = connect(url, client_name=self.client_name)
+        clock.sync(self._redis)  # requests are stamped in Redis's time from the first one
         self._lock = threading.Lock()
         self._waiters: dict[str, list[Future[bytes]]] = {}
         self._owners: dict[str, Future[bytes]] = {}

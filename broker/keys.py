@@ -79,7 +79,7 @@ class Keys:
     # Control plane ----------------------------------------------------------------------
     @property
     def nodes(self) -> str:
-        """HASH node id -> JSON node record (host, pid, heartbeat time)."""
+        """HASH node id -> JSON node record (host, pid, heartbeat: Redis's time)."""
         return f"{self.ns}:nodes"
 
     def node_assignments(self, node_id: str) -> str:
@@ -98,7 +98,7 @@ class Keys:
 
     @property
     def gateways(self) -> str:
-        """HASH gateway id -> JSON gateway record (host, port, pid, heartbeat time)."""
+        """HASH gateway id -> JSON gateway record (host, port, pid, heartbeat: Redis's time)."""
         return f"{self.ns}:gateways"
 
     @property

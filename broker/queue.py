@@ -25,7 +25,7 @@ import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.errors import BrokerConnectionError
 
-from . import codec, scripts
+from . import clock, codec, scripts
 from .connection import connect, connect_async
 from .keys import Keys
 
@@ -183,10 +183,14 @@ class _BlockingConsumer(Consumer):
     def _without_abandoned(self, taken: list[tuple[bytes, dramatiq.Message]]) -> list[tuple[bytes, dramatiq.Message]]:
         """Drop requests that waited over :data:`ABANDONED_CHECK_S` and whose caller's
         process is gone (its alive key expired): nobody would read their answer.
-        Fresh requests skip the check, so it costs nothing unless there is a backlog."""
-        now_ms = time.time() * 1000
-        old = [(raw, m) for raw, m in taken
-               if m.options.get("reply_to") and now_ms - m.message_timestamp > ABANDONED_CHECK_S * 1000]
+        Fresh requests skip the check, so it costs nothing unless there is a backlog.
+        Ages are in Redis's clock (the caller's machine may disagree with ours); a
+        request whose age is unknown is kept."""
+        now = clock.now()
+        if now is None:
+            return taken
+        old = [(raw, m) for raw, m in taken if m.options.get("reply_to") and m.message_timestamp
+               and now * 1000 - m.message_timestamp > ABANDONED_CHECK_S * 1000]
         if not old:
             return taken
         try:

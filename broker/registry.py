@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional
 
 import redis
 
-from . import codec, epoch, scripts
+from . import clock, codec, epoch, scripts
 from .keys import Keys
 
 
@@ -277,7 +277,8 @@ class Registry:
 
     # Nodes and assignments -------------------------------------------------------------------
     def register_node(self, node_id: str, record: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.nodes, node_id, json.dumps({**record, "heartbeat": time.time()}))
+        """Write the node's record, stamped with Redis's time (see :meth:`nodes`)."""
+        scripts.HEARTBEAT(self.redis, (self.keys.nodes,), (node_id, json.dumps(record)))
 
     def bury_node(self, node_id: str, result_ttl_ms: int, error: BaseException) -> list[str]:
         """A node stopped heartbeating (its machine or process died, replicas with it):
@@ -298,7 +299,16 @@ class Registry:
         pipe.execute()
 
     def nodes(self) -> dict[str, dict[str, Any]]:
-        return self._json_hash(self.keys.nodes)
+        """Node records, each with ``heartbeat_age_s`` (see :meth:`_heartbeats`)."""
+        return self._heartbeats(self.keys.nodes)
+
+    def _heartbeats(self, key: str) -> dict[str, dict[str, Any]]:
+        """Records stamped by ``heartbeat.lua``, each with ``heartbeat_age_s``: seconds since
+        its last heartbeat. Both times are Redis's, so that liveness does not depend on
+        the clocks of the machines agreeing."""
+        now = clock.seconds(self.redis.time())
+        return {k: {**rec, "heartbeat_age_s": now - float(rec.get("heartbeat", 0))}
+                for k, rec in self._json_hash(key).items()}
 
     def assignments(self, node_id: str) -> dict[str, dict[str, Any]]:
         return self._json_hash(self.keys.node_assignments(node_id))
@@ -317,13 +327,15 @@ class Registry:
 
     # Gateways ---------------------------------------------------------------------------------
     def register_gateway(self, gateway_id: str, record: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.gateways, gateway_id, json.dumps({**record, "heartbeat": time.time()}))
+        """Write the gateway's record, stamped with Redis's time (see :meth:`gateways`)."""
+        scripts.HEARTBEAT(self.redis, (self.keys.gateways,), (gateway_id, json.dumps(record)))
 
     def remove_gateway(self, gateway_id: str) -> None:
         self.redis.hdel(self.keys.gateways, gateway_id)
 
     def gateways(self) -> dict[str, dict[str, Any]]:
-        return self._json_hash(self.keys.gateways)
+        """Gateway records, each with ``heartbeat_age_s`` (see :meth:`_heartbeats`)."""
+        return self._heartbeats(self.keys.gateways)
 
     # Autoscaling ------------------------------------------------------------------------------
     def scale_states(self) -> dict[tuple[str, str], dict[str, Any]]:

@@ -42,7 +42,8 @@ CANCEL = Script("cancel")
 LEAD = Script("lead")
 RESIGN = Script("resign")
 TAKE = Script("take")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, LEAD, RESIGN, TAKE)
+HEARTBEAT = Script("heartbeat")
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, LEAD, RESIGN, TAKE, HEARTBEAT)
 
 
 def complete(batch: "Batch", keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,

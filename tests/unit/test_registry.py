@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Iterator
 
 import fakeredis
 import pytest
 
+from actors.controller import Controller
 from broker import scripts
 from broker.connection import connect
 from broker.keys import Keys
@@ -62,6 +64,21 @@ def real_registry(redis_url: str) -> Iterator[Registry]:
         yield registry
     finally:
         registry.clear_namespace()
+
+
+def test_liveness_does_not_depend_on_the_machines_clocks(real_registry: Registry, monkeypatch) -> None:
+    real_time = time.time
+    # Given a worker and a gateway on a machine whose clock is 30 s behind
+    monkeypatch.setattr(time, "time", lambda: real_time() - 30)
+    real_registry.register_node("skewed", {"host": "h", "pid": 1, "replicas": 0, "max_replicas": None})
+    real_registry.register_gateway("gateway-skewed", {"host": "h", "port": 1, "pid": 2})
+    # When the controller runs on a machine whose clock is 30 s ahead
+    monkeypatch.setattr(time, "time", lambda: real_time() + 30)
+    live = Controller(real_registry, result_ttl_ms=1000)._live_nodes()
+    # Then neither is taken for dead: both were heard from just now, by Redis's clock
+    assert set(live) == {"skewed"}
+    assert set(real_registry.gateways()) == {"gateway-skewed"}
+    assert real_registry.nodes()["skewed"]["heartbeat_age_s"] < 1
 
 
 def test_resign_never_releases_a_lease_taken_over_meanwhile(real_registry: Registry) -> None:
