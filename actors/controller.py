@@ -101,7 +101,7 @@ class Controller:
                     target = self._autoscale(app, dep, version, config.autoscaling_config,
                                              scale_states.get((app, dep)), requests[dep],
                                              len(assigned[(app, dep)]))
-                self._reconcile_deployment(app, dep, version, target, assigned[(app, dep)],
+                self._reconcile_deployment(app, dep, version, config, target, assigned[(app, dep)],
                                            replica_sets.get(dep, {}), load, capacity)
         for (app, dep), items in assigned.items():
             if (app, dep) not in wanted:
@@ -151,7 +151,7 @@ class Controller:
             self.registry.set_scale_state(app, dep, {"version": version, "target": state.target})
         return state.target
 
-    def _reconcile_deployment(self, app: str, dep: str, version: str, target: int,
+    def _reconcile_deployment(self, app: str, dep: str, version: str, config: DeploymentConfig, target: int,
                               items: list[_Assigned], records: dict[str, dict[str, Any]],
                               load: dict[str, int], capacity: dict[str, Optional[int]]) -> None:
         """Bring the deployment to ``target`` replicas of ``version``.
@@ -180,7 +180,9 @@ class Controller:
                 break
             self.unplaced.discard((app, dep))
             rid = f"{app}#{dep}#{uuid.uuid4().hex[:8]}"
-            reg.assign(node, rid, {"app": app, "deployment": dep, "version": version})
+            # The node kills a replica that has not stopped this long after it was told to.
+            reg.assign(node, rid, {"app": app, "deployment": dep, "version": version,
+                                   "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s})
             load[node] += 1
         for extra in _prefer_unready(current, records)[:max(0, len(current) - target)]:
             reg.unassign(extra.node, extra.replica_id)

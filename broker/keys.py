@@ -83,7 +83,8 @@ class Keys:
         return f"{self.ns}:nodes"
 
     def node_assignments(self, node_id: str) -> str:
-        """HASH replica id -> JSON assignment (app, deployment, version) for one node."""
+        """HASH replica id -> JSON assignment (app, deployment, version,
+        graceful_shutdown_timeout_s) for one node."""
         return f"{self.ns}:node:{node_id}:assign"
 
     def node_wake(self, node_id: str) -> str:
