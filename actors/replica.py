@@ -148,7 +148,7 @@ class Replica:
         except redis.RedisError as e:  # stopping because Redis (and the driver) went away
             logger.info("could not record STOPPING: %s", e)
         # In-flight requests (async ones run on the loop, not on Dramatiq's threads) finish first.
-        if not broker.drain(config.graceful_shutdown_timeout_s):
+        if not broker.drain(config.graceful_shutdown_timeout_s, config.graceful_shutdown_wait_loop_s):
             logger.warning("requests still running after graceful_shutdown_timeout_s=%s; stopping anyway",
                            config.graceful_shutdown_timeout_s)
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))

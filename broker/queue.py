@@ -81,12 +81,16 @@ class ServeBroker(dramatiq.Broker):
         self.consumer = _BlockingConsumer(self, prefetch=prefetch, timeout_ms=timeout)
         return self.consumer
 
-    def drain(self, timeout_s: float) -> bool:
+    def drain(self, timeout_s: float, check_every_s: float) -> bool:
         """Stop taking messages, put back those taken but not started, and wait up to
-        ``timeout_s`` for the rest (async work included) to finish. True if all did."""
+        ``timeout_s`` for the rest (async work included) to finish. True if all did.
+
+        The wait ends as soon as the last request finishes; every ``check_every_s``
+        (Ray's ``graceful_shutdown_wait_loop_s``) it also checks again and logs what
+        it still waits for, as a Ray replica does."""
         self.draining.set()
         consumer = getattr(self, "consumer", None)
-        return True if consumer is None else consumer.wait_idle(timeout_s)
+        return True if consumer is None else consumer.wait_idle(timeout_s, check_every_s)
 
     def declare_queue(self, queue_name: str) -> None:
         if queue_name not in self.queues:
@@ -208,7 +212,7 @@ class _BlockingConsumer(Consumer):
             return taken
         return [(raw, m) for raw, m in taken if raw not in gone]
 
-    def wait_idle(self, timeout_s: float) -> bool:
+    def wait_idle(self, timeout_s: float, check_every_s: float) -> bool:
         taken = list(self.taken)
         self.taken.clear()
         if taken:
@@ -220,7 +224,10 @@ class _BlockingConsumer(Consumer):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self.slots.wait(remaining)
+                period = min(remaining, check_every_s or remaining)
+                if not self.slots.wait(period) and period < remaining:
+                    logger.info("mqserve: waiting for %d ongoing request(s) to finish before shutting down "
+                                "(at most %.0f s more)", self.unfinished, remaining - period)
         return True
 
     def _full(self) -> bool:
