@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import inspect
+import json
 import logging
 import os
 import signal
@@ -163,42 +164,41 @@ class Replica:
         return 0
 
     def _follow_events(self) -> None:
-        """Cancel running async requests whose callers cancelled them, and apply a new
-        user_config (same code redeployed) without a restart."""
+        """Cancel running async requests whose callers cancelled them, apply a new
+        user_config (same code redeployed) without a restart, and restore our records
+        if Redis lost them."""
         reconfigure = None if self.is_function else getattr(self.target, "reconfigure", None)
         run_id: Optional[str] = None
         checked = 0.0
-        while not self.stop_requested.is_set():
-            try:
-                pubsub = self.registry.subscribe(cancellations=True)
-                while not self.stop_requested.is_set():
-                    if time.monotonic() - checked >= DATA_CHECK_S:
-                        checked = time.monotonic()
-                        run_id = self._restore_if_lost(run_id)
-                    event = pubsub.get_message(timeout=DATA_CHECK_S)
-                    if event is None:
-                        continue
-                    if event["channel"] == self.keys.cancellations.encode():
-                        running = self.running.get(event["data"].decode())
-                        if running is not None:
-                            running.cancel()  # CancelledError inside the user's coroutine
-                        continue
-                    if f'"app": "{self.app}"'.encode() not in event.get("data", b""):
-                        continue
-                    spec = self.registry.deployment(self.app, self.deployment)
-                    if spec is None or spec["version"] != self.version:
-                        continue  # deleted or upgraded: the controller replaces us
-                    user_config = spec["config"].get("user_config")
-                    tag = user_config_tag(user_config)
-                    if tag == self.user_config_tag:
-                        continue
-                    if callable(reconfigure) and user_config is not None:
-                        self._call(reconfigure, (user_config,), {})
-                    self.user_config_tag = tag
-                    self._record("RUNNING")
-            except Exception as e:  # Redis lost, or reconfigure raised: keep serving
-                logger.warning("could not follow user_config changes: %s", e)
-                self.stop_requested.wait(1.0)
+
+        def on_event(event: Optional[dict[str, Any]]) -> None:
+            nonlocal run_id, checked
+            if time.monotonic() - checked >= DATA_CHECK_S:
+                checked = time.monotonic()
+                run_id = self._restore_if_lost(run_id)
+            if event is None:
+                return
+            if event["channel"] == self.keys.cancellations.encode():
+                running = self.running.get(event["data"].decode())
+                if running is not None:
+                    running.cancel()  # CancelledError inside the user's coroutine
+                return
+            if json.loads(event["data"]).get("app") != self.app:
+                return
+            spec = self.registry.deployment(self.app, self.deployment)
+            if spec is None or spec["version"] != self.version:
+                return  # deleted or upgraded: the controller replaces us
+            user_config = spec["config"].get("user_config")
+            tag = user_config_tag(user_config)
+            if tag == self.user_config_tag:
+                return
+            if callable(reconfigure) and user_config is not None:
+                self._call(reconfigure, (user_config,), {})
+            self.user_config_tag = tag
+            self._record("RUNNING")
+
+        self.registry.follow(on_event, self.stop_requested, every_s=DATA_CHECK_S, cancellations=True,
+                             what="cancellations and user_config changes")
 
     def _restore_if_lost(self, run_id: Optional[str]) -> str:
         """If Redis restarted empty, write back our app, deployment and replica records

@@ -12,13 +12,20 @@ is a cloudpickle blob. Who writes what:
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import redis
 
 from . import clock, codec, epoch, scripts
 from .keys import Keys
+
+logger = logging.getLogger("mqserve.registry")
+
+#: Seconds a follower of the events channel waits before subscribing again after an error.
+RESUBSCRIBE_S = 1.0
 
 
 class RouteConflictError(ValueError):
@@ -397,6 +404,21 @@ class Registry:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(self.keys.events, *([self.keys.cancellations] if cancellations else []))
         return pubsub
+
+    def follow(self, handle: Callable[[Optional[dict[str, Any]]], None], stopped: threading.Event, *,
+               every_s: float, what: str, cancellations: bool = False) -> None:
+        """Pass each message of :meth:`subscribe` to ``handle``, or None after ``every_s``
+        without one, until ``stopped`` is set. After an error (Redis lost, or ``handle``
+        raised) subscribe again, having closed the subscription it replaces: that one
+        would otherwise stay connected, and subscribed, until garbage collection."""
+        while not stopped.is_set():
+            try:
+                with self.subscribe(cancellations=cancellations) as pubsub:
+                    while not stopped.is_set():
+                        handle(pubsub.get_message(timeout=every_s))
+            except Exception as e:
+                logger.warning("mqserve: following %s failed (%s); subscribing again", what, e)
+                stopped.wait(RESUBSCRIBE_S)
 
     def clear_namespace(self) -> None:
         """Delete every key of this namespace (tests and ``mqserve shutdown --purge``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from typing import Iterator
@@ -10,10 +11,12 @@ import fakeredis
 import pytest
 
 from actors.controller import Controller
+from broker import registry as registry_module
 from broker import scripts
 from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry, RouteConflictError
+from tests.cluster import poll
 
 
 @pytest.fixture
@@ -103,3 +106,31 @@ def test_resign_never_releases_a_lease_taken_over_meanwhile(real_registry: Regis
     real_registry.resign("old")
     # Then the new holder keeps its lease
     assert calls and real_registry.leader() == "new"
+
+
+def test_a_follower_closes_the_subscription_it_replaces(real_registry: Registry, monkeypatch) -> None:
+    """After an error a follower subscribes again; the old subscription is closed first,
+    not left connected (and subscribed) until garbage collection."""
+    monkeypatch.setattr(registry_module, "RESUBSCRIBE_S", 30.0)  # a long pause makes the gap visible
+    channel = real_registry.keys.events
+    stopped = threading.Event()
+    seen: list[object] = []
+
+    def handle(message: object) -> None:
+        if message is not None:
+            seen.append(message)
+            raise RuntimeError("a handler that fails")
+
+    follower = threading.Thread(target=real_registry.follow, args=(handle, stopped),
+                                kwargs={"every_s": 0.05, "what": "test events"})
+    follower.start()
+    try:
+        subscribers = lambda: real_registry.redis.pubsub_numsub(channel)[0][1]  # noqa: E731
+        poll(lambda: subscribers() == 1, timeout_s=10, what="the follower to subscribe")
+        real_registry.redis.publish(channel, "{}")
+        poll(lambda: seen, timeout_s=10, what="the event to reach the handler")
+        poll(lambda: subscribers() == 0, timeout_s=10, what="the failed subscription to close")
+    finally:
+        stopped.set()
+        follower.join(timeout=10)
+    assert not follower.is_alive()
