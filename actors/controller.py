@@ -31,6 +31,7 @@ from broker.registry import Registry
 from .autoscaler import ScaleState, decide, initial_target
 from .config import DeploymentConfig
 from .exceptions import ReplicaDiedError
+from .status import ENDED_STATES, stopping
 
 logger = logging.getLogger("mqserve.controller")
 
@@ -110,6 +111,8 @@ class Controller:
         for key in set(scale_states) - wanted:
             reg.drop_scale_state(*key)
             self.scale.pop(key, None)
+        for app, record in reg.deleting().items():
+            self._finish_deleting(app, record)
         if time.monotonic() - self.swept_at > SWEEP_S:  # a key scan: not on every pass
             self.swept_at = time.monotonic()
             self._drop_stale_records(wanted, assigned)
@@ -159,6 +162,9 @@ class Controller:
         An upgrade rolls one replica at a time: start one of the new version; once it
         runs, retire one of the old (which drains its in-flight requests); repeat. So
         the deployment never has fewer than ``target`` replicas taking requests.
+
+        The record of a replica that failed its health checks stays (the deployment
+        shows UNHEALTHY) until its replacement runs.
         """
         reg = self.registry
         current = [i for i in items if i.version == version]
@@ -190,6 +196,23 @@ class Controller:
         retire = len(old) if failed else max(0, running + len(old) - target)
         for item in _prefer_unready(old, records)[:retire]:
             reg.unassign(item.node, item.replica_id)
+        live = {i.replica_id for i in items}
+        for rid, rec in records.items():
+            if rec.get("state") == "UNHEALTHY" and rid not in live and \
+                    (running >= target or rec.get("version") != version):
+                reg.remove_replica(app, dep, rid)
+
+    def _finish_deleting(self, app: str, record: dict[str, Any]) -> None:
+        """A deleted app stops being listed (as DELETING) once its replicas have stopped;
+        the records of replicas that ended on their own (failed) go with it."""
+        reg = self.registry
+        records = reg.replica_sets(app, record["deployments"])
+        if stopping(records):
+            return
+        for dep, recs in records.items():
+            for rid in recs:
+                reg.remove_replica(app, dep, rid)
+        reg.finish_deleting(app)
 
     def _drop_stale_records(self, wanted: set[tuple[str, str]],
                             assigned: dict[tuple[str, str], list[_Assigned]]) -> None:
@@ -202,7 +225,7 @@ class Controller:
                 spec = reg.deployment_configs(app, [dep]).get(dep)
                 version = spec[0] if spec else None
             for rid, rec in reg.replicas(app, dep).items():
-                if rid not in live and rec.get("state") == "DEPLOY_FAILED" and rec.get("version") != version:
+                if rid not in live and rec.get("state") in ENDED_STATES and rec.get("version") != version:
                     reg.remove_replica(app, dep, rid)
 
 

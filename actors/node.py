@@ -151,7 +151,8 @@ class Node:
             logger.warning("replica %s died with %d request(s) unanswered: %d queued again, %d failed",
                            rid, retried + lost, retried, lost)
         self.registry.unassign(self.node_id, rid)
-        self.registry.remove_replica(app, dep, rid)
+        if record.get("state") != "UNHEALTHY":  # kept until replaced: the deployment shows UNHEALTHY
+            self.registry.remove_replica(app, dep, rid)
 
     def shutdown(self) -> None:
         """Leave the cluster first, so the controller starts our replicas elsewhere while

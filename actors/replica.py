@@ -107,6 +107,8 @@ class Replica:
         self.running: dict[str, concurrent.futures.Future[Any]] = {}
         self.current = threading.local()
         self.ingress: Optional[http.ASGIApp] = None
+        #: Set when check_health failed: the record keeps saying UNHEALTHY while it stops.
+        self.unhealthy = False
 
     def _record(self, state: str, **extra: Any) -> None:
         self.registry.set_replica(self.app, self.deployment, self.replica_id, {
@@ -145,7 +147,8 @@ class Replica:
         self.stop_requested.wait()
         broker.draining.set()  # before STOPPING is visible: a deploy waiting on it may return
         try:
-            self._record("STOPPING")
+            if not self.unhealthy:
+                self._record("STOPPING")
         except redis.RedisError as e:  # stopping because Redis (and the driver) went away
             logger.info("could not record STOPPING: %s", e)
         # In-flight requests (async ones run on the loop, not on Dramatiq's threads) finish first.
@@ -231,6 +234,7 @@ class Replica:
                 logger.warning("health check %d/%d of %s %s", failures, UNHEALTHY_AFTER, self.replica_id, reason)
                 if failures >= UNHEALTHY_AFTER:
                     message = f"check_health {reason} {failures} times in a row; replacing this replica"
+                    self.unhealthy = True
                     await asyncio.to_thread(self._record, "UNHEALTHY", message=message)
                     self.stop_requested.set()
                     return

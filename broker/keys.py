@@ -21,6 +21,13 @@ class Keys:
         """HASH app name -> JSON app record (route prefix, ingress, deployments)."""
         return f"{self.ns}:apps"
 
+    @property
+    def deleting(self) -> str:
+        """HASH app name -> JSON app record of apps deleted whose replicas may still drain
+        (``serve.status()`` shows them DELETING); the controller removes the field once
+        no replica of the app is left."""
+        return f"{self.ns}:deleting"
+
     def deployment(self, app: str, dep: str) -> str:
         """HASH of one deployment: ``spec`` (cloudpickle), ``config`` (JSON), ``version``,
         ``max_queued``, ``state`` = 'failed' once its replicas cannot start, and ``idle`` = '1'

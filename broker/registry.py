@@ -69,6 +69,7 @@ class Registry:
                     old = apps.get(name, {}).get("deployments", [])
                     pipe.multi()
                     pipe.hset(self.keys.apps, name, json.dumps(record))
+                    pipe.hdel(self.keys.deleting, name)  # a new app of that name: not deleting any more
                     for dep in old:
                         if dep not in deployments:
                             pipe.delete(self.keys.deployment(name, dep))
@@ -85,6 +86,13 @@ class Registry:
 
     def apps(self) -> dict[str, dict[str, Any]]:
         return self._json_hash(self.keys.apps)
+
+    def deleting(self) -> dict[str, dict[str, Any]]:
+        """Records of apps deleted while their replicas may still be draining."""
+        return self._json_hash(self.keys.deleting)
+
+    def finish_deleting(self, name: str) -> None:
+        self.redis.hdel(self.keys.deleting, name)
 
     def app(self, name: str) -> Optional[dict[str, Any]]:
         raw = self.redis.hget(self.keys.apps, name)
@@ -125,7 +133,8 @@ class Registry:
         self._fail_messages(queued, f"Deployment '{dep}' of application '{app}' failed to start.", result_ttl_ms)
 
     def delete_app(self, name: str, result_ttl_ms: int) -> int:
-        """Unregister an app; queued requests fail with DeploymentUnavailableError.
+        """Unregister an app; queued requests fail with DeploymentUnavailableError. The
+        app is listed as deleting until its replicas have stopped (see :meth:`deleting`).
 
         Returns how many queued requests were failed.
         """
@@ -134,6 +143,7 @@ class Registry:
             return 0
         pipe = self.redis.pipeline()
         pipe.hdel(self.keys.apps, name)
+        pipe.hset(self.keys.deleting, name, json.dumps(record))
         for dep in record["deployments"]:
             pipe.delete(self.keys.deployment(name, dep))
             pipe.lrange(self.keys.queue(name, dep), 0, -1)

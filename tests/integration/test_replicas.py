@@ -297,3 +297,19 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_deleted_app_is_deleting_while_its_replicas_drain(serve_instance) -> None:
+    handle = serve.run(Slow.options(num_replicas=1).bind(), name="leaving", route_prefix="/leaving")
+    busy = handle.remote(2.0)
+    poll(lambda: serve.status().applications["leaving"].deployments["Slow"].ongoing_requests == 1,
+         timeout_s=10, what="the request to start")
+    # When the app is deleted while a request runs
+    serve.delete("leaving", _blocking=False)
+    # Then serve.status() lists it as DELETING (as Ray does) until its replica has drained
+    app = serve.status().applications.get("leaving")
+    assert app is not None and app.status == "DELETING", app
+    assert app.deployments["Slow"].status == "UPDATING" and "stopping" in app.deployments["Slow"].message
+    assert isinstance(busy.result(timeout_s=30), int)
+    poll(lambda: "leaving" not in serve.status().applications, timeout_s=30, what="the deletion to finish")
+    poll(lambda: "leaving" not in serve_instance.deleting(), timeout_s=10, what="the controller to forget it")
