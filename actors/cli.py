@@ -203,8 +203,6 @@ def _status(opts: argparse.Namespace) -> int:
 
 def format_status(status: Any) -> str:
     """``mqserve status`` as a readable table."""
-    import time
-
     rows: list[list[str]] = [["APPLICATION", "STATUS", "ROUTE", "DEPLOYMENT", "STATUS", "REPLICAS", "QUEUED",
                               "ONGOING", "PER WORKER"]]
     messages = []
@@ -222,14 +220,13 @@ def format_status(status: Any) -> str:
         if app.message:
             messages.append(f"{name}: {app.message}")
     lines = _table(rows) if len(rows) > 1 else ["No applications."]
-    now = time.time()
     workers = [["WORKER", "HOST", "PID", "REPLICAS", "LAST SEEN"]]
     for wid, rec in sorted(status.workers.items()):
         cap = rec.get("max_replicas")
         mark = " (controller)" if wid == status.controller else ""
         workers.append([wid + mark, str(rec.get("host", "")), str(rec.get("pid", "")),
                         f"{rec.get('replicas', 0)}" + (f"/{cap}" if cap is not None else ""),
-                        f"{now - rec.get('heartbeat', now):.0f} s ago"])
+                        f"{rec.get('heartbeat_age_s', 0):.0f} s ago"])
     lines += [""] + (_table(workers) if len(workers) > 1 else ["No workers."])
     gateways = [["GATEWAY", "ADDRESS", "PID"]]
     for gid, rec in sorted(status.gateways.items()):

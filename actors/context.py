@@ -168,8 +168,7 @@ class ServeContext:
 
     def _check_workers(self, since: Optional[float], progress: Optional[Callable[[str], None]]) -> Optional[float]:
         """Fail a cluster deploy that has had no live worker for ``MQSERVE_WORKER_WAIT_S``."""
-        now = time.time()
-        if any(heartbeat_fresh(rec, now) for rec in self.registry.nodes().values()):
+        if any(heartbeat_fresh(rec) for rec in self.registry.nodes().values()):
             return None
         if since is None:
             if progress is not None:

@@ -31,6 +31,7 @@ from broker.registry import Registry
 from .autoscaler import ScaleState, decide, initial_target
 from .config import DeploymentConfig
 from .exceptions import ReplicaDiedError
+from .status import ENDED_STATES, stopping
 
 logger = logging.getLogger("mqserve.controller")
 
@@ -101,7 +102,7 @@ class Controller:
                     target = self._autoscale(app, dep, version, config.autoscaling_config,
                                              scale_states.get((app, dep)), requests[dep],
                                              len(assigned[(app, dep)]))
-                self._reconcile_deployment(app, dep, version, target, assigned[(app, dep)],
+                self._reconcile_deployment(app, dep, version, config, target, assigned[(app, dep)],
                                            replica_sets.get(dep, {}), load, capacity)
         for (app, dep), items in assigned.items():
             if (app, dep) not in wanted:
@@ -110,16 +111,18 @@ class Controller:
         for key in set(scale_states) - wanted:
             reg.drop_scale_state(*key)
             self.scale.pop(key, None)
+        for app, record in reg.deleting().items():
+            self._finish_deleting(app, record)
         if time.monotonic() - self.swept_at > SWEEP_S:  # a key scan: not on every pass
             self.swept_at = time.monotonic()
             self._drop_stale_records(wanted, assigned)
 
     def _live_nodes(self) -> dict[str, dict[str, Any]]:
         """Nodes that heartbeat; bury the others (and forget silent gateways)."""
-        reg, now = self.registry, time.time()
+        reg = self.registry
         live = {}
         for node, rec in reg.nodes().items():
-            if heartbeat_fresh(rec, now):
+            if heartbeat_fresh(rec):
                 live[node] = rec
                 continue
             lost = reg.bury_node(node, self.result_ttl_ms, ReplicaDiedError(
@@ -127,7 +130,7 @@ class Controller:
                 f"{NODE_DEAD_AFTER_S:.0f} s) before answering."))
             logger.warning("worker %s is gone; replacing its %d replica(s)", node, len(lost))
         for gateway, rec in reg.gateways().items():
-            if not heartbeat_fresh(rec, now):
+            if not heartbeat_fresh(rec):
                 reg.remove_gateway(gateway)
         return live
 
@@ -151,7 +154,7 @@ class Controller:
             self.registry.set_scale_state(app, dep, {"version": version, "target": state.target})
         return state.target
 
-    def _reconcile_deployment(self, app: str, dep: str, version: str, target: int,
+    def _reconcile_deployment(self, app: str, dep: str, version: str, config: DeploymentConfig, target: int,
                               items: list[_Assigned], records: dict[str, dict[str, Any]],
                               load: dict[str, int], capacity: dict[str, Optional[int]]) -> None:
         """Bring the deployment to ``target`` replicas of ``version``.
@@ -159,6 +162,9 @@ class Controller:
         An upgrade rolls one replica at a time: start one of the new version; once it
         runs, retire one of the old (which drains its in-flight requests); repeat. So
         the deployment never has fewer than ``target`` replicas taking requests.
+
+        The record of a replica that failed its health checks stays (the deployment
+        shows UNHEALTHY) until its replacement runs.
         """
         reg = self.registry
         current = [i for i in items if i.version == version]
@@ -180,7 +186,9 @@ class Controller:
                 break
             self.unplaced.discard((app, dep))
             rid = f"{app}#{dep}#{uuid.uuid4().hex[:8]}"
-            reg.assign(node, rid, {"app": app, "deployment": dep, "version": version})
+            # The node kills a replica that has not stopped this long after it was told to.
+            reg.assign(node, rid, {"app": app, "deployment": dep, "version": version,
+                                   "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s})
             load[node] += 1
         for extra in _prefer_unready(current, records)[:max(0, len(current) - target)]:
             reg.unassign(extra.node, extra.replica_id)
@@ -188,6 +196,23 @@ class Controller:
         retire = len(old) if failed else max(0, running + len(old) - target)
         for item in _prefer_unready(old, records)[:retire]:
             reg.unassign(item.node, item.replica_id)
+        live = {i.replica_id for i in items}
+        for rid, rec in records.items():
+            if rec.get("state") == "UNHEALTHY" and rid not in live and \
+                    (running >= target or rec.get("version") != version):
+                reg.remove_replica(app, dep, rid)
+
+    def _finish_deleting(self, app: str, record: dict[str, Any]) -> None:
+        """A deleted app stops being listed (as DELETING) once its replicas have stopped;
+        the records of replicas that ended on their own (failed) go with it."""
+        reg = self.registry
+        records = reg.replica_sets(app, record["deployments"])
+        if stopping(records):
+            return
+        for dep, recs in records.items():
+            for rid in recs:
+                reg.remove_replica(app, dep, rid)
+        reg.finish_deleting(app)
 
     def _drop_stale_records(self, wanted: set[tuple[str, str]],
                             assigned: dict[tuple[str, str], list[_Assigned]]) -> None:
@@ -200,13 +225,14 @@ class Controller:
                 spec = reg.deployment_configs(app, [dep]).get(dep)
                 version = spec[0] if spec else None
             for rid, rec in reg.replicas(app, dep).items():
-                if rid not in live and rec.get("state") == "DEPLOY_FAILED" and rec.get("version") != version:
+                if rid not in live and rec.get("state") in ENDED_STATES and rec.get("version") != version:
                     reg.remove_replica(app, dep, rid)
 
 
-def heartbeat_fresh(record: dict[str, Any], now: float) -> bool:
-    """Whether a node or gateway record was refreshed within :data:`NODE_DEAD_AFTER_S`."""
-    return now - record.get("heartbeat", 0) < NODE_DEAD_AFTER_S
+def heartbeat_fresh(record: dict[str, Any]) -> bool:
+    """Whether a node or gateway record (from ``Registry.nodes`` or ``gateways``) was
+    refreshed within :data:`NODE_DEAD_AFTER_S`."""
+    return float(record.get("heartbeat_age_s", NODE_DEAD_AFTER_S)) < NODE_DEAD_AFTER_S
 
 
 def _least_loaded(load: dict[str, int], capacity: dict[str, Optional[int]]) -> Optional[str]:

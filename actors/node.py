@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Optional
+from typing import Any, Optional
 
 import redis
 
@@ -40,6 +40,13 @@ HEARTBEAT_S = 1.0
 KILL_GRACE_S = 5.0
 
 
+def kill_after_s(assignment: dict[str, Any]) -> float:
+    """How long a replica may take to stop once told to: its deployment's
+    ``graceful_shutdown_timeout_s`` (carried by its assignment), plus :data:`KILL_GRACE_S`."""
+    timeout = assignment.get("graceful_shutdown_timeout_s", DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S)
+    return float(timeout) + KILL_GRACE_S
+
+
 class Node:
     """Owns replica processes; one per ``mqserve worker`` (or local ``serve.run``)."""
 
@@ -51,7 +58,8 @@ class Node:
         self.registry = Registry(connect(url), self.keys)
         self.controller = ControllerLoop(url, namespace, node_id, result_ttl_ms=result_ttl_ms)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.meta: dict[str, dict[str, str]] = {}
+        self.meta: dict[str, dict[str, Any]] = {}
+        #: Replicas told to stop, and when (``time.monotonic()``) to kill them if still running.
         self.stopping: dict[str, float] = {}
         self.stop = threading.Event()
 
@@ -98,15 +106,15 @@ class Node:
         for rid, rec in assigned.items():
             if rid not in self.procs:
                 self._spawn(rid, rec)
-        now = time.time()
+        now = time.monotonic()
         for rid, proc in self.procs.items():
             if rid not in assigned and rid not in self.stopping:
                 proc.terminate()
-                self.stopping[rid] = now
-            elif rid in self.stopping and now - self.stopping[rid] > DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S + KILL_GRACE_S:
+                self.stopping[rid] = now + kill_after_s(self.meta[rid])
+            elif rid in self.stopping and now > self.stopping[rid]:
                 proc.kill()
 
-    def _spawn(self, rid: str, rec: dict[str, str]) -> None:
+    def _spawn(self, rid: str, rec: dict[str, Any]) -> None:
         cmd = [sys.executable, "-m", "actors.replica", "--namespace", self.keys.ns,
                "--app", rec["app"], "--deployment", rec["deployment"], "--replica-id", rid,
                "--version", rec["version"], "--node-id", self.node_id,
@@ -143,7 +151,8 @@ class Node:
             logger.warning("replica %s died with %d request(s) unanswered: %d queued again, %d failed",
                            rid, retried + lost, retried, lost)
         self.registry.unassign(self.node_id, rid)
-        self.registry.remove_replica(app, dep, rid)
+        if record.get("state") != "UNHEALTHY":  # kept until replaced: the deployment shows UNHEALTHY
+            self.registry.remove_replica(app, dep, rid)
 
     def shutdown(self) -> None:
         """Leave the cluster first, so the controller starts our replicas elsewhere while
@@ -152,13 +161,14 @@ class Node:
             self.registry.remove_node(self.node_id)
         except Exception as e:  # Redis may already be gone in local mode
             logger.info("node %s could not remove its record: %s", self.node_id, e)
-        for proc in self.procs.values():
-            if proc.poll() is None:
+        now = time.monotonic()
+        for rid, proc in self.procs.items():
+            if proc.poll() is None and rid not in self.stopping:
                 proc.terminate()
-        deadline = time.time() + DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
-        for proc in self.procs.values():
+                self.stopping[rid] = now + kill_after_s(self.meta[rid])
+        for rid, proc in self.procs.items():
             try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
+                proc.wait(timeout=max(0.1, self.stopping.get(rid, now) - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import inspect
+import json
 import linecache
 import logging
 import os
@@ -30,7 +31,7 @@ import redis
 from dramatiq.asyncio import EventLoopThread
 from dramatiq.middleware import CurrentMessage
 
-from broker import codec
+from broker import clock, codec
 from broker.calls import close_clients, get_client
 from broker.connection import connect, connect_async
 from broker.keys import Keys
@@ -103,6 +104,8 @@ class Replica:
         self.cancels = Cancellations()
         self.current = threading.local()
         self.ingress: Optional[http.ASGIApp] = None
+        #: Set when check_health failed: the record keeps saying UNHEALTHY while it stops.
+        self.unhealthy = False
 
     def _record(self, state: str, **extra: Any) -> None:
         self.registry.set_replica(self.app, self.deployment, self.replica_id, {
@@ -130,6 +133,7 @@ class Replica:
         # What this replica writes back if Redis restarts without its data.
         self.app_record = self.registry.app(self.app)
         self.deployment_fields = self.registry.deployment_fields(self.app, self.deployment)
+        clock.sync(self.registry.redis)  # before the first request: its age is judged in Redis's time
         worker, broker = self._start_worker(config)
         self._record("RUNNING")
         threading.Thread(target=self._follow_events, name="mqserve-events", daemon=True).start()
@@ -140,11 +144,12 @@ class Replica:
         self.stop_requested.wait()
         broker.draining.set()  # before STOPPING is visible: a deploy waiting on it may return
         try:
-            self._record("STOPPING")
+            if not self.unhealthy:
+                self._record("STOPPING")
         except redis.RedisError as e:  # stopping because Redis (and the driver) went away
             logger.info("could not record STOPPING: %s", e)
         # In-flight requests (async ones run on the loop, not on Dramatiq's threads) finish first.
-        if not broker.drain(config.graceful_shutdown_timeout_s):
+        if not broker.drain(config.graceful_shutdown_timeout_s, config.graceful_shutdown_wait_loop_s):
             logger.warning("requests still running after graceful_shutdown_timeout_s=%s; stopping anyway",
                            config.graceful_shutdown_timeout_s)
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
@@ -159,45 +164,43 @@ class Replica:
         return 0
 
     def _follow_events(self) -> None:
-        """Cancel running async requests whose callers cancelled them, and apply a new
-        user_config (same code redeployed) without a restart."""
+        """Cancel running async requests whose callers cancelled them, apply a new
+        user_config (same code redeployed) without a restart, and restore our records
+        if Redis lost them."""
         reconfigure = None if self.is_function else getattr(self.target, "reconfigure", None)
         run_id: Optional[str] = None
         checked = 0.0
-        while not self.stop_requested.is_set():
-            try:
-                pubsub = self.registry.subscribe(cancellations=True)
-                pubsub.ping()  # its pong: subscribed; then read the cancellations we may have missed
-                while not self.stop_requested.is_set():
-                    if time.monotonic() - checked >= DATA_CHECK_S:
-                        checked = time.monotonic()
-                        run_id = self._restore_if_lost(run_id)
-                    event = pubsub.get_message(timeout=DATA_CHECK_S)
-                    if event is None:
-                        continue
-                    if event["type"] == "pong":
-                        for req_id in self.registry.cancelled_taken(self.replica_id):
-                            self.cancels.heard(req_id)
-                        continue
-                    if event["channel"] == self.keys.cancellations.encode():
-                        self.cancels.heard(event["data"].decode())
-                        continue
-                    if f'"app": "{self.app}"'.encode() not in event.get("data", b""):
-                        continue
-                    spec = self.registry.deployment(self.app, self.deployment)
-                    if spec is None or spec["version"] != self.version:
-                        continue  # deleted or upgraded: the controller replaces us
-                    user_config = spec["config"].get("user_config")
-                    tag = user_config_tag(user_config)
-                    if tag == self.user_config_tag:
-                        continue
-                    if callable(reconfigure) and user_config is not None:
-                        self._call(reconfigure, (user_config,), {})
-                    self.user_config_tag = tag
-                    self._record("RUNNING")
-            except Exception as e:  # Redis lost, or reconfigure raised: keep serving
-                logger.warning("could not follow user_config changes: %s", e)
-                self.stop_requested.wait(1.0)
+
+        def on_event(event: Optional[dict[str, Any]]) -> None:
+            nonlocal run_id, checked
+            if time.monotonic() - checked >= DATA_CHECK_S:
+                checked = time.monotonic()
+                run_id = self._restore_if_lost(run_id)
+            if event is None:
+                return
+            if event["channel"] == self.keys.cancellations.encode():
+                self.cancels.heard(event["data"].decode())
+                return
+            if json.loads(event["data"]).get("app") != self.app:
+                return
+            spec = self.registry.deployment(self.app, self.deployment)
+            if spec is None or spec["version"] != self.version:
+                return  # deleted or upgraded: the controller replaces us
+            user_config = spec["config"].get("user_config")
+            tag = user_config_tag(user_config)
+            if tag == self.user_config_tag:
+                return
+            if callable(reconfigure) and user_config is not None:
+                self._call(reconfigure, (user_config,), {})
+            self.user_config_tag = tag
+            self._record("RUNNING")
+
+        def subscribed() -> None:  # what was cancelled while we were not listening
+            for req_id in self.registry.cancelled_taken(self.replica_id):
+                self.cancels.heard(req_id)
+
+        self.registry.follow(on_event, self.stop_requested, every_s=DATA_CHECK_S, cancellations=True,
+                             subscribed=subscribed, what="cancellations and user_config changes")
 
     def _restore_if_lost(self, run_id: Optional[str]) -> str:
         """If Redis restarted empty, write back our app, deployment and replica records
@@ -230,6 +233,7 @@ class Replica:
                 logger.warning("health check %d/%d of %s %s", failures, UNHEALTHY_AFTER, self.replica_id, reason)
                 if failures >= UNHEALTHY_AFTER:
                     message = f"check_health {reason} {failures} times in a row; replacing this replica"
+                    self.unhealthy = True
                     await asyncio.to_thread(self._record, "UNHEALTHY", message=message)
                     self.stop_requested.set()
                     return

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from broker.registry import Registry
 
 from .config import DeploymentConfig
+
+#: States of replica records whose process ended (or is ending) without serving again:
+#: kept to say why (a constructor error; failed health checks) until they are replaced.
+ENDED_STATES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
 
 
 @dataclass
@@ -40,9 +44,9 @@ class ApplicationStatusOverview:
 @dataclass
 class ServeStatus:
     applications: dict[str, ApplicationStatusOverview] = field(default_factory=dict)
-    #: Live worker (node) records by id: host, pid, replicas, max_replicas, heartbeat.
+    #: Worker (node) records by id: host, pid, replicas, max_replicas, heartbeat_age_s.
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Gateway records by id: host, port, pid, heartbeat.
+    #: Gateway records by id: host, port, pid, heartbeat_age_s.
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Who runs the controller now.
     controller: Optional[str] = None
@@ -71,7 +75,32 @@ def collect_status(registry: Registry) -> ServeStatus:
         status, message = application_status(statuses)
         out.applications[name] = ApplicationStatusOverview(status, message, record.get("route_prefix"),
                                                            record.get("ingress", ""), statuses)
+    for name, record in registry.deleting().items():
+        if name not in out.applications:
+            deleting = deleting_status(record, registry.replica_sets(name, record["deployments"]))
+            if deleting is not None:
+                out.applications[name] = deleting
     return out
+
+
+def stopping(records: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The replica records (by deployment) of a deleted app whose processes still drain."""
+    return {dep: recs for dep, recs in records.items()
+            if any(r.get("state") not in ENDED_STATES for r in recs.values())}
+
+
+def deleting_status(record: dict[str, Any], records: dict[str, dict[str, dict[str, Any]]]
+                    ) -> Optional[ApplicationStatusOverview]:
+    """A deleted app whose replicas are still draining, as Ray lists it: DELETING; None
+    once they have all stopped."""
+    draining = stopping(records)
+    if not draining:
+        return None
+    deployments = {dep: replace(deployment_status("", 0, recs, {}), status="UPDATING",
+                                message=f"deleting: {len(recs)} replica(s) stopping")
+                   for dep, recs in draining.items()}
+    return ApplicationStatusOverview("DELETING", "", record.get("route_prefix"), record.get("ingress", ""),
+                                     deployments)
 
 
 def deployment_status(version: str, target: int, records: dict[str, dict[str, Any]],
@@ -83,9 +112,12 @@ def deployment_status(version: str, target: int, records: dict[str, dict[str, An
         per_worker[rec.get("node", "?")] = per_worker.get(rec.get("node", "?"), 0) + 1
     current = [r for r in records.values() if r.get("version") == version]
     failed = [r for r in current if r.get("state") == "DEPLOY_FAILED"]
+    unhealthy = [r for r in current if r.get("state") == "UNHEALTHY"]
     running = sum(1 for r in current if r.get("state") == "RUNNING")
     if failed:
         status, message = "DEPLOY_FAILED", failed[0].get("message", "")
+    elif unhealthy:  # as in Ray: from a failed health check until the replacement runs
+        status, message = "UNHEALTHY", unhealthy[0].get("message", "")
     elif running >= target and len(records) == running:
         status, message = "HEALTHY", ""
     else:
@@ -99,6 +131,10 @@ def application_status(deployments: dict[str, DeploymentStatusOverview]) -> tupl
     if failed:
         name, dep = next(iter(failed.items()))
         return "DEPLOY_FAILED", f"Deployment '{name}' failed to start:\n{dep.message}"
+    unhealthy = {n: d for n, d in deployments.items() if d.status == "UNHEALTHY"}
+    if unhealthy:
+        name, dep = next(iter(unhealthy.items()))
+        return "UNHEALTHY", f"Deployment '{name}' is unhealthy: {dep.message}"
     if all(d.status == "HEALTHY" for d in deployments.values()):
         return "RUNNING", ""
     return "DEPLOYING", ""

@@ -38,7 +38,7 @@ import redis
 from actors.exceptions import (BackPressureError, DeploymentUnavailableError, RequestCancelledError,
                                RequestLostError)
 
-from . import codec, epoch, scripts, streams
+from . import clock, codec, epoch, scripts, streams
 from .codec import REQUEST_ID_LEN, new_request_id
 from .connection import connect, connect_async
 from .keys import Keys
@@ -73,6 +73,7 @@ class CallClient:
         self.inbox = keys.inbox(new_request_id())
         self.client_name = f"mqserve-caller-{os.getpid()}"
         self._redis = connect(url, client_name=self.client_name)
+        clock.sync(self._redis)  # requests are stamped in Redis's time from the first one
         self._lock = threading.Lock()
         #: Futures waiting for a request's outcome, by request id: its caller's own reply
         #: and any number of reads of its result key (``watch``).

@@ -19,7 +19,6 @@ import io
 import logging
 import os
 import pickle
-import time
 import traceback
 import types
 import uuid
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import cloudpickle
+
+from . import clock
 
 #: Name of the Dramatiq actor every replica declares; all requests go to it.
 REQUEST_ACTOR = "mqserve_request"
@@ -108,7 +109,11 @@ def encode_request(
 
     ``stream``: the outcome goes to the request's stream (a generator call).
     ``http``: the payload is an HTTP request snapshot for the ingress (see gateway).
+    ``message_timestamp`` is Redis's time in ms (see :mod:`broker.clock`), as the
+    replica that judges the request's age may run on a machine whose clock differs;
+    0 if this process has not read Redis's clock yet (age unknown).
     """
+    sent_at = clock.now()
     return seal(pickle.dumps(
         {
             "queue_name": REQUEST_QUEUE,
@@ -117,7 +122,7 @@ def encode_request(
             "kwargs": {},
             "options": {"reply_to": reply_to, "stream": stream, "http": http},
             "message_id": req_id,
-            "message_timestamp": int(time.time() * 1000),
+            "message_timestamp": 0 if sent_at is None else int(sent_at * 1000),
         },
         protocol=pickle.HIGHEST_PROTOCOL,
     ))

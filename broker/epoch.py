@@ -9,15 +9,26 @@ run, and every owner then writes its own records back (see docs/ARCHITECTURE.md)
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import redis
 
+from . import clock
 from .keys import Keys
 
 
 def server_id(client: redis.Redis) -> str:
-    return str(client.info("server")["run_id"])
+    """The server's ``run_id``. The same round trip reads Redis's clock (see
+    :mod:`broker.clock`), so that every process that watches for data loss also
+    keeps its reading of that clock fresh."""
+    sent_at = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.info("server")
+    pipe.time()
+    info, now = pipe.execute()
+    clock.observe(now, sent_at, time.time())
+    return str(info["run_id"])
 
 
 def check(client: redis.Redis, keys: Keys, seen: Optional[str]) -> tuple[bool, str]:

@@ -21,6 +21,13 @@ class Keys:
         """HASH app name -> JSON app record (route prefix, ingress, deployments)."""
         return f"{self.ns}:apps"
 
+    @property
+    def deleting(self) -> str:
+        """HASH app name -> JSON app record of apps deleted whose replicas may still drain
+        (``serve.status()`` shows them DELETING); the controller removes the field once
+        no replica of the app is left."""
+        return f"{self.ns}:deleting"
+
     def deployment(self, app: str, dep: str) -> str:
         """HASH of one deployment: ``spec`` (cloudpickle), ``config`` (JSON), ``version``,
         ``max_queued``, ``state`` = 'failed' once its replicas cannot start, and ``idle`` = '1'
@@ -84,11 +91,12 @@ class Keys:
     # Control plane ----------------------------------------------------------------------
     @property
     def nodes(self) -> str:
-        """HASH node id -> JSON node record (host, pid, heartbeat time)."""
+        """HASH node id -> JSON node record (host, pid, heartbeat: Redis's time)."""
         return f"{self.ns}:nodes"
 
     def node_assignments(self, node_id: str) -> str:
-        """HASH replica id -> JSON assignment (app, deployment, version) for one node."""
+        """HASH replica id -> JSON assignment (app, deployment, version,
+        graceful_shutdown_timeout_s) for one node."""
         return f"{self.ns}:node:{node_id}:assign"
 
     def node_wake(self, node_id: str) -> str:
@@ -103,7 +111,7 @@ class Keys:
 
     @property
     def gateways(self) -> str:
-        """HASH gateway id -> JSON gateway record (host, port, pid, heartbeat time)."""
+        """HASH gateway id -> JSON gateway record (host, port, pid, heartbeat: Redis's time)."""
         return f"{self.ns}:gateways"
 
     @property

@@ -25,7 +25,7 @@ import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.errors import BrokerConnectionError
 
-from . import codec, scripts
+from . import clock, codec, scripts
 from .connection import connect, connect_async
 from .keys import Keys
 
@@ -81,12 +81,16 @@ class ServeBroker(dramatiq.Broker):
         self.consumer = _BlockingConsumer(self, prefetch=prefetch, timeout_ms=timeout)
         return self.consumer
 
-    def drain(self, timeout_s: float) -> bool:
+    def drain(self, timeout_s: float, check_every_s: float) -> bool:
         """Stop taking messages, put back those taken but not started, and wait up to
-        ``timeout_s`` for the rest (async work included) to finish. True if all did."""
+        ``timeout_s`` for the rest (async work included) to finish. True if all did.
+
+        The wait ends as soon as the last request finishes; every ``check_every_s``
+        (Ray's ``graceful_shutdown_wait_loop_s``) it also checks again and logs what
+        it still waits for, as a Ray replica does."""
         self.draining.set()
         consumer = getattr(self, "consumer", None)
-        return True if consumer is None else consumer.wait_idle(timeout_s)
+        return True if consumer is None else consumer.wait_idle(timeout_s, check_every_s)
 
     def declare_queue(self, queue_name: str) -> None:
         if queue_name not in self.queues:
@@ -174,10 +178,14 @@ class _BlockingConsumer(Consumer):
     def _without_abandoned(self, taken: list[tuple[bytes, dramatiq.Message]]) -> list[tuple[bytes, dramatiq.Message]]:
         """Drop requests that waited over :data:`ABANDONED_CHECK_S` and whose caller's
         process is gone (its alive key expired): nobody would read their answer.
-        Fresh requests skip the check, so it costs nothing unless there is a backlog."""
-        now_ms = time.time() * 1000
-        old = [(raw, m) for raw, m in taken
-               if m.options.get("reply_to") and now_ms - m.message_timestamp > ABANDONED_CHECK_S * 1000]
+        Fresh requests skip the check, so it costs nothing unless there is a backlog.
+        Ages are in Redis's clock (the caller's machine may disagree with ours); a
+        request whose age is unknown is kept."""
+        now = clock.now()
+        if now is None:
+            return taken
+        old = [(raw, m) for raw, m in taken if m.options.get("reply_to") and m.message_timestamp
+               and now * 1000 - m.message_timestamp > ABANDONED_CHECK_S * 1000]
         if not old:
             return taken
         try:
@@ -195,7 +203,7 @@ class _BlockingConsumer(Consumer):
             return taken
         return [(raw, m) for raw, m in taken if raw not in gone]
 
-    def wait_idle(self, timeout_s: float) -> bool:
+    def wait_idle(self, timeout_s: float, check_every_s: float) -> bool:
         taken = list(self.taken)
         self.taken.clear()
         if taken:
@@ -207,7 +215,10 @@ class _BlockingConsumer(Consumer):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self.slots.wait(remaining)
+                period = min(remaining, check_every_s or remaining)
+                if not self.slots.wait(period) and period < remaining:
+                    logger.info("mqserve: waiting for %d ongoing request(s) to finish before shutting down "
+                                "(at most %.0f s more)", self.unfinished, remaining - period)
         return True
 
     def _full(self) -> bool:

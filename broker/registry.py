@@ -12,13 +12,20 @@ is a cloudpickle blob. Who writes what:
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import redis
 
-from . import codec, epoch, scripts
+from . import clock, codec, epoch, scripts
 from .keys import Keys
+
+logger = logging.getLogger("mqserve.registry")
+
+#: Seconds a follower of the events channel waits before subscribing again after an error.
+RESUBSCRIBE_S = 1.0
 
 
 class RouteConflictError(ValueError):
@@ -62,6 +69,7 @@ class Registry:
                     old = apps.get(name, {}).get("deployments", [])
                     pipe.multi()
                     pipe.hset(self.keys.apps, name, json.dumps(record))
+                    pipe.hdel(self.keys.deleting, name)  # a new app of that name: not deleting any more
                     for dep in old:
                         if dep not in deployments:
                             pipe.delete(self.keys.deployment(name, dep))
@@ -78,6 +86,13 @@ class Registry:
 
     def apps(self) -> dict[str, dict[str, Any]]:
         return self._json_hash(self.keys.apps)
+
+    def deleting(self) -> dict[str, dict[str, Any]]:
+        """Records of apps deleted while their replicas may still be draining."""
+        return self._json_hash(self.keys.deleting)
+
+    def finish_deleting(self, name: str) -> None:
+        self.redis.hdel(self.keys.deleting, name)
 
     def app(self, name: str) -> Optional[dict[str, Any]]:
         raw = self.redis.hget(self.keys.apps, name)
@@ -118,7 +133,8 @@ class Registry:
         self._fail_messages(queued, f"Deployment '{dep}' of application '{app}' failed to start.", result_ttl_ms)
 
     def delete_app(self, name: str, result_ttl_ms: int) -> int:
-        """Unregister an app; queued requests fail with DeploymentUnavailableError.
+        """Unregister an app; queued requests fail with DeploymentUnavailableError. The
+        app is listed as deleting until its replicas have stopped (see :meth:`deleting`).
 
         Returns how many queued requests were failed.
         """
@@ -127,6 +143,7 @@ class Registry:
             return 0
         pipe = self.redis.pipeline()
         pipe.hdel(self.keys.apps, name)
+        pipe.hset(self.keys.deleting, name, json.dumps(record))
         for dep in record["deployments"]:
             pipe.delete(self.keys.deployment(name, dep))
             pipe.lrange(self.keys.queue(name, dep), 0, -1)
@@ -277,7 +294,8 @@ class Registry:
 
     # Nodes and assignments -------------------------------------------------------------------
     def register_node(self, node_id: str, record: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.nodes, node_id, json.dumps({**record, "heartbeat": time.time()}))
+        """Write the node's record, stamped with Redis's time (see :meth:`nodes`)."""
+        scripts.HEARTBEAT(self.redis, (self.keys.nodes,), (node_id, json.dumps(record)))
 
     def bury_node(self, node_id: str, result_ttl_ms: int, error: BaseException) -> list[str]:
         """A node stopped heartbeating (its machine or process died, replicas with it):
@@ -298,7 +316,16 @@ class Registry:
         pipe.execute()
 
     def nodes(self) -> dict[str, dict[str, Any]]:
-        return self._json_hash(self.keys.nodes)
+        """Node records, each with ``heartbeat_age_s`` (see :meth:`_heartbeats`)."""
+        return self._heartbeats(self.keys.nodes)
+
+    def _heartbeats(self, key: str) -> dict[str, dict[str, Any]]:
+        """Records stamped by ``heartbeat.lua``, each with ``heartbeat_age_s``: seconds since
+        its last heartbeat. Both times are Redis's, so that liveness does not depend on
+        the clocks of the machines agreeing."""
+        now = clock.seconds(self.redis.time())
+        return {k: {**rec, "heartbeat_age_s": now - float(rec.get("heartbeat", 0))}
+                for k, rec in self._json_hash(key).items()}
 
     def assignments(self, node_id: str) -> dict[str, dict[str, Any]]:
         return self._json_hash(self.keys.node_assignments(node_id))
@@ -317,13 +344,15 @@ class Registry:
 
     # Gateways ---------------------------------------------------------------------------------
     def register_gateway(self, gateway_id: str, record: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.gateways, gateway_id, json.dumps({**record, "heartbeat": time.time()}))
+        """Write the gateway's record, stamped with Redis's time (see :meth:`gateways`)."""
+        scripts.HEARTBEAT(self.redis, (self.keys.gateways,), (gateway_id, json.dumps(record)))
 
     def remove_gateway(self, gateway_id: str) -> None:
         self.redis.hdel(self.keys.gateways, gateway_id)
 
     def gateways(self) -> dict[str, dict[str, Any]]:
-        return self._json_hash(self.keys.gateways)
+        """Gateway records, each with ``heartbeat_age_s`` (see :meth:`_heartbeats`)."""
+        return self._heartbeats(self.keys.gateways)
 
     # Autoscaling ------------------------------------------------------------------------------
     def scale_states(self) -> dict[tuple[str, str], dict[str, Any]]:
@@ -377,8 +406,7 @@ class Registry:
         return raw.decode() if raw else None
 
     def resign(self, candidate: str) -> None:
-        if self.redis.get(self.keys.controller_lock) == candidate.encode():
-            self.redis.delete(self.keys.controller_lock)
+        scripts.RESIGN(self.redis, (self.keys.controller_lock,), (candidate,))
 
     def cancelled_taken(self, replica_id: str) -> list[str]:
         """Ids of the requests in a replica's processing list whose cancel flag is set."""
@@ -401,6 +429,32 @@ class Registry:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(self.keys.events, *([self.keys.cancellations] if cancellations else []))
         return pubsub
+
+    def follow(self, handle: Callable[[Optional[dict[str, Any]]], None], stopped: threading.Event, *,
+               every_s: float, what: str, cancellations: bool = False,
+               subscribed: Optional[Callable[[], None]] = None) -> None:
+        """Pass each message of :meth:`subscribe` to ``handle``, or None after ``every_s``
+        without one, until ``stopped`` is set. After an error (Redis lost, or ``handle``
+        raised) subscribe again, having closed the subscription it replaces: that one
+        would otherwise stay connected, and subscribed, until garbage collection.
+
+        ``subscribed`` is called each time Redis has confirmed a (new) subscription: from
+        then on nothing published is missed, so it may look up what was published before.
+        """
+        while not stopped.is_set():
+            try:
+                with self.subscribe(cancellations=cancellations) as pubsub:
+                    pubsub.ping()  # answered after the SUBSCRIBE: its pong confirms it
+                    while not stopped.is_set():
+                        message = pubsub.get_message(timeout=every_s)
+                        if message is not None and message["type"] == "pong":
+                            if subscribed is not None:
+                                subscribed()
+                            continue
+                        handle(message)
+            except Exception as e:
+                logger.warning("mqserve: following %s failed (%s); subscribing again", what, e)
+                stopped.wait(RESUBSCRIBE_S)
 
     def clear_namespace(self) -> None:
         """Delete every key of this namespace (tests and ``mqserve shutdown --purge``)."""

@@ -41,8 +41,10 @@ WATCH = Script("watch")
 CANCEL = Script("cancel")
 SETTLE = Script("settle")
 LEAD = Script("lead")
+RESIGN = Script("resign")
 TAKE = Script("take")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, SETTLE, LEAD, TAKE)
+HEARTBEAT = Script("heartbeat")
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, SETTLE, LEAD, RESIGN, TAKE, HEARTBEAT)
 
 
 def complete(batch: "Batch", keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,

@@ -75,17 +75,10 @@ class Gateway:
         self.routes = RouteTable(await asyncio.to_thread(self.registry.apps))
 
     def _watch_events(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Reload the routes whenever an app changes (a thread: pub/sub blocks)."""
-        while not self.stopped.is_set():
-            try:
-                pubsub = self.registry.subscribe()
-                while not self.stopped.is_set():
-                    message = pubsub.get_message(timeout=ROUTE_RELOAD_S)
-                    if message is None or b'"app"' in message.get("data", b""):
-                        asyncio.run_coroutine_threadsafe(self.reload(), loop)
-            except Exception as e:  # Redis went away: retry
-                logger.warning("gateway lost its event subscription (%s); retrying", e)
-                self.stopped.wait(1.0)
+        """Reload the routes whenever an app changes, and every :data:`ROUTE_RELOAD_S`
+        (a thread: pub/sub blocks)."""
+        self.registry.follow(lambda _: asyncio.run_coroutine_threadsafe(self.reload(), loop), self.stopped,
+                             every_s=ROUTE_RELOAD_S, what="route changes")
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:

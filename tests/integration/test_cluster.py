@@ -6,6 +6,7 @@ Each test gets its own namespace, so it can kill workers without disturbing othe
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -281,3 +282,64 @@ def test_run_on_a_cluster_deletes_its_app_at_ctrl_c(fresh: LocalCluster, redis_u
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@serve.deployment(user_config={"greeting": "Bonjour"})
+class Crème:
+    def reconfigure(self, config: dict) -> None:
+        self.greeting = config["greeting"]
+
+    def __call__(self, who: object = "HTTP") -> tuple:
+        return (f"{self.greeting}, {who if isinstance(who, str) else 'HTTP'}!", os.getpid())
+
+
+def test_an_app_whose_name_is_not_ascii_works_everywhere(redis_url: str) -> None:
+    with cluster_on(redis_url, gateway=True, prefix="cl", MQSERVE_DEPLOY_TIMEOUT_S="20") as (cluster, port):
+        # Given an app and a deployment whose names are not ASCII
+        handle = serve.run(Crème.bind(), name="café", route_prefix="/café")
+        greeting, pid = handle.remote("Zoë").result(timeout_s=30)
+        assert greeting == "Bonjour, Zoë!"
+        r = httpx.get(f"http://127.0.0.1:{port}/café", timeout=30)
+        assert r.status_code == 200 and r.json()[0] == "Bonjour, HTTP!"
+        # When only its user_config changes, the running replica applies it in place
+        handle = serve.run(Crème.options(user_config={"greeting": "Salut"}).bind(), name="café",
+                           route_prefix="/café")
+        assert handle.remote("Zoë").result(timeout_s=30) == ("Salut, Zoë!", pid)
+        assert serve.status().applications["café"].deployments["Crème"].status == "HEALTHY"
+        assert 'application="café"' in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        # And it can be deleted
+        serve.delete("café")
+        assert "café" not in serve.status().applications
+        assert cluster.registry.replicas("café", "Crème") == {}
+
+
+@serve.deployment(user_config={"refuse": False})
+class Picky:
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def reconfigure(self, config: dict) -> None:
+        self.attempts += 1
+        if config["refuse"]:
+            raise ValueError("refused")
+
+    def tries(self) -> int:
+        return self.attempts
+
+
+def test_a_replica_closes_its_event_subscription_before_subscribing_again(redis_url: str) -> None:
+    with cluster_on(redis_url, prefix="cl") as (cluster, _):
+        handle = serve.run(Picky.bind(), name="picky", route_prefix=None)
+        reg, keys = cluster.registry, cluster.registry.keys
+        subscribers = lambda: reg.redis.pubsub_numsub(keys.events)[0][1]  # noqa: E731
+        poll(lambda: subscribers() == 1, what="the replica's subscription alone")
+        # When its event follower fails (here: reconfigure refuses a new user_config,
+        # written as serve.run writes it)
+        spec = reg.deployment("picky", "Picky")
+        reg.redis.hset(keys.deployment("picky", "Picky"), "config",
+                       json.dumps({**spec["config"], "user_config": {"refuse": True}}))
+        reg.redis.publish(keys.events, json.dumps({"app": "picky", "state": "DEPLOYED"}))
+        # Then the failed subscription is closed at once, not left open until replaced
+        poll(lambda: subscribers() == 0, timeout_s=5, interval_s=0.005, what="the failed subscription to close")
+        poll(lambda: subscribers() == 1, what="the replica to subscribe again")
+        assert handle.tries.remote().result(timeout_s=30) == 2

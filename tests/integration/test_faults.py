@@ -195,7 +195,9 @@ def _http_answers(port: int) -> bool:
 # Callers and gateways that die ----------------------------------------------------------------
 
 CALLER = '''
-import sys
+import sys, time
+real_time = time.time
+time.time = lambda: real_time() + 60  # this "machine"'s clock is a minute ahead
 from actors import serve
 handle = serve.get_app_handle("slow")
 pending = [handle.remote(str(i), 0.5) for i in range(60)]
@@ -206,6 +208,7 @@ sys.stdin.read()
 
 
 def test_a_dead_callers_queued_requests_never_run_and_its_keys_expire(redis_url: str) -> None:
+    """Also when the caller's clock disagrees with the replica's: ages are in Redis's time."""
     prefix = f"runs-{uuid.uuid4().hex[:6]}"
     with cluster_on(redis_url, MQSERVE_RESULT_TTL_S="3") as (cluster, _):
         handle = serve.run(Counted.options(max_ongoing_requests=1).bind(redis_url, prefix), name="slow",

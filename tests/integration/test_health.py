@@ -7,6 +7,7 @@ import signal
 import time
 
 from actors import serve
+from tests.cluster import poll
 
 
 @serve.deployment(health_check_period_s=0.1, health_check_timeout_s=1)
@@ -42,16 +43,20 @@ def test_a_replica_failing_its_health_checks_is_replaced(serve_instance) -> None
     handle = serve.run(Fragile.bind(), name="fragile", route_prefix="/fragile")
     first = handle.remote().result()
     handle.break_it.remote().result()
+    # Until it is replaced, the deployment and its app are UNHEALTHY, as in Ray
+    app = poll(lambda: (a := serve.status().applications["fragile"]).status == "UNHEALTHY" and a,
+               timeout_s=20, what="the app to be UNHEALTHY")
+    assert app.deployments["Fragile"].status == "UNHEALTHY"
+    assert "check_health raised RuntimeError: lost the model" in app.deployments["Fragile"].message
+    assert "Fragile" in app.message
     second = _wait_for_new_pid(handle, first, "failed health checks")
     assert second != first
     # The replacement is healthy and stays.
     assert handle.remote().result() == second
+    poll(lambda: serve.status().applications["fragile"].status == "RUNNING", timeout_s=10,
+         what="the app to be RUNNING again")
     status = serve.status().applications["fragile"].deployments["Fragile"]
-    deadline = time.monotonic() + 10
-    while status.replica_states != {"RUNNING": 1}:
-        assert time.monotonic() < deadline, status
-        time.sleep(0.05)
-        status = serve.status().applications["fragile"].deployments["Fragile"]
+    assert (status.status, status.replica_states) == ("HEALTHY", {"RUNNING": 1})
 
 
 def test_a_killed_replica_is_replaced(serve_instance) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 
@@ -12,6 +13,8 @@ import pytest
 from actors import serve
 from actors.config import ConfigError
 from actors.exceptions import DeploymentUnavailableError
+from actors.node import KILL_GRACE_S
+from tests.cluster import poll
 
 
 @serve.deployment(num_replicas=2, max_ongoing_requests=1)
@@ -260,3 +263,53 @@ def test_a_retired_replica_finishes_its_running_async_requests(serve_instance) -
     # Then the running request still completes, on the old code
     assert running.result(timeout_s=20) == "old"
     assert handle.remote(0).result() == "new"
+
+
+@serve.deployment(graceful_shutdown_timeout_s=0.5)
+class Deaf:
+    """The "old" one ignores SIGTERM, as a replica stuck in native code would: only a kill stops it."""
+
+    def __init__(self, tag: str) -> None:
+        if tag == "old":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.tag = tag
+
+    def __call__(self) -> tuple:
+        return (self.tag, os.getpid())
+
+
+def test_a_replica_that_will_not_stop_is_killed_after_its_own_graceful_shutdown_timeout(serve_instance) -> None:
+    handle = serve.run(Deaf.bind("old"), name="deaf", route_prefix="/deaf")
+    _, pid = handle.remote().result()
+    # When new code is deployed and the old replica ignores the order to stop
+    start = time.monotonic()
+    handle = serve.run(Deaf.bind("new"), name="deaf", route_prefix="/deaf")  # returns once it is gone
+    # Then its node kills it after the deployment's graceful_shutdown_timeout_s (plus
+    # KILL_GRACE_S), not after the default 20 s: the node uses the deployment's own value
+    poll(lambda: not _alive(pid), timeout_s=15, what="the old replica to be killed")
+    assert time.monotonic() - start < 0.5 + KILL_GRACE_S + 5
+    assert handle.remote().result()[0] == "new"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_deleted_app_is_deleting_while_its_replicas_drain(serve_instance) -> None:
+    handle = serve.run(Slow.options(num_replicas=1).bind(), name="leaving", route_prefix="/leaving")
+    busy = handle.remote(2.0)
+    poll(lambda: serve.status().applications["leaving"].deployments["Slow"].ongoing_requests == 1,
+         timeout_s=10, what="the request to start")
+    # When the app is deleted while a request runs
+    serve.delete("leaving", _blocking=False)
+    # Then serve.status() lists it as DELETING (as Ray does) until its replica has drained
+    app = serve.status().applications.get("leaving")
+    assert app is not None and app.status == "DELETING", app
+    assert app.deployments["Slow"].status == "UPDATING" and "stopping" in app.deployments["Slow"].message
+    assert isinstance(busy.result(timeout_s=30), int)
+    poll(lambda: "leaving" not in serve.status().applications, timeout_s=30, what="the deletion to finish")
+    poll(lambda: "leaving" not in serve_instance.deleting(), timeout_s=10, what="the controller to forget it")
