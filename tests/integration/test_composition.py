@@ -151,7 +151,7 @@ def test_a_fan_out_passes_the_value_to_every_consumer_whenever_it_completes(hand
 
 def test_a_cancelled_or_timed_out_upstream_fails_its_downstream_at_once(handles) -> None:
     source, sink, orchestrator = handles
-    for i in range(ROUNDS // 4):
+    for _ in range(ROUNDS // 4):
         blocker = source.nap.remote(1.0)  # Source's only slot: what follows stays queued
         # Cancelled before it was passed on, and after.
         before = source.nap.remote(30)
@@ -231,12 +231,17 @@ def test_a_cancel_that_overtakes_its_request_keeps_it_from_running(handles) -> N
     """From an event loop, a request is sent at the loop's next step but a cancel goes out
     at once, on another connection: the request must not run when it arrives later."""
     _, sink, _ = handles
+    reg = registry()
     ran_before = sink.count.remote().result(timeout_s=30)
 
     async def cancel_at_once() -> int:
         for i in range(ROUNDS):
             response = sink.remote(i)
             response.cancel()
+            # Hold the loop (so the request is not sent) until the cancel is in Redis.
+            flag = reg.keys.cancelled(response.request_id)
+            poll(lambda flag=flag: reg.redis.exists(flag), timeout_s=10,
+                 interval_s=0.001, what="the cancel flag")
             await asyncio.sleep(0)  # the loop's step ends: the request goes out
             with pytest.raises(RequestCancelledError):
                 await response
