@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 #: Ray Serve's defaults.
 DEFAULT_MAX_BATCH_SIZE = 10
@@ -23,10 +24,10 @@ DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.01
 DEFAULT_MAX_CONCURRENT_BATCHES = 1
 
 
-_function_queues: dict[tuple[str, int], "_BatchQueue"] = {}
+_function_queues: dict[tuple[str, int], _BatchQueue] = {}
 
 
-def _queue_for(func: Callable[..., Any], owner: Any, loop: asyncio.AbstractEventLoop, *settings: Any) -> "_BatchQueue":
+def _queue_for(func: Callable[..., Any], owner: Any, loop: asyncio.AbstractEventLoop, *settings: Any) -> _BatchQueue:
     """The batch queue of ``func`` on ``owner`` (or of a plain function) for ``loop``.
 
     Queues live on the object, or in this module for functions, never in the decorated
@@ -99,7 +100,7 @@ class _BatchQueue:
             self.slots.release()
 
 
-def batch(_func: Optional[Callable[..., Any]] = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+def batch(_func: Callable[..., Any] | None = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
           batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_TIMEOUT_S,
           max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES) -> Any:
     """Batch calls to an async method (or function) that takes a list and returns a list.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Optional, Union
+from typing import Any
 
 #: Requests one replica runs at once (Ray Serve's default since 2.32).
 DEFAULT_MAX_ONGOING_REQUESTS = 5
@@ -47,10 +47,10 @@ class ConfigError(ValueError):
 class DeploymentConfig:
     """The per-deployment options of ``@serve.deployment`` and ``.options()``."""
 
-    num_replicas: Union[int, str, None] = DEFAULT_NUM_REPLICAS
+    num_replicas: int | str | None = DEFAULT_NUM_REPLICAS
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
-    autoscaling_config: Optional[dict[str, Any]] = None
+    autoscaling_config: dict[str, Any] | None = None
     user_config: Any = None
     health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S
     health_check_timeout_s: float = DEFAULT_HEALTH_CHECK_TIMEOUT_S
@@ -96,12 +96,12 @@ class DeploymentConfig:
     def target_replicas(self) -> int:
         """Replicas to run now: ``num_replicas``, or the autoscaler's starting point."""
         if self.autoscaling_config is not None:
-            from .autoscaler import initial_target
+            from .runtime.autoscaler import initial_target
 
             return initial_target(self.autoscaling_config)
         return int(self.num_replicas if self.num_replicas is not None else DEFAULT_NUM_REPLICAS)
 
-    def with_options(self, **options: Any) -> "DeploymentConfig":
+    def with_options(self, **options: Any) -> DeploymentConfig:
         unknown = set(options) - {f.name for f in fields(self)}
         if unknown:
             raise ConfigError(f"unknown deployment option(s): {', '.join(sorted(unknown))}")
@@ -140,7 +140,7 @@ def _check_autoscaling(config: dict[str, Any]) -> dict[str, Any]:
 class Settings:
     """Process-wide settings from ``MQSERVE_*`` environment variables, read in one place."""
 
-    redis_url: Optional[str] = None
+    redis_url: str | None = None
     namespace: str = DEFAULT_NAMESPACE
     http_host: str = DEFAULT_HTTP_HOST
     http_port: int = DEFAULT_HTTP_PORT
@@ -150,7 +150,7 @@ class Settings:
     worker_wait_s: float = DEFAULT_WORKER_WAIT_S
 
     @classmethod
-    def from_env(cls, env: Optional[dict[str, str]] = None) -> "Settings":
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         return cls(
             redis_url=env.get("MQSERVE_REDIS_URL") or None,

@@ -8,8 +8,9 @@ constructor arguments (also inside lists, tuples, dicts and sets) with a handle.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from .config import ConfigError, DeploymentConfig
 
@@ -17,7 +18,7 @@ from .config import ConfigError, DeploymentConfig
 class Deployment:
     """A class or function made servable by ``@serve.deployment``; ``.bind()`` it to deploy."""
 
-    def __init__(self, func_or_class: Union[type, Callable[..., Any]], name: str,
+    def __init__(self, func_or_class: type | Callable[..., Any], name: str,
                  config: DeploymentConfig) -> None:
         if not (inspect.isclass(func_or_class) or inspect.isfunction(func_or_class)):
             raise TypeError(f"@serve.deployment must decorate a class or a function, got {func_or_class!r}")
@@ -30,7 +31,7 @@ class Deployment:
         return self._name
 
     @property
-    def func_or_class(self) -> Union[type, Callable[..., Any]]:
+    def func_or_class(self) -> type | Callable[..., Any]:
         return self._func_or_class
 
     @property
@@ -49,11 +50,11 @@ class Deployment:
     def user_config(self) -> Any:
         return self._config.user_config
 
-    def bind(self, *args: Any, **kwargs: Any) -> "Application":
+    def bind(self, *args: Any, **kwargs: Any) -> Application:
         """Bind constructor arguments; bound deployments among them become handles at runtime."""
         return Application(self, args, kwargs)
 
-    def options(self, *, name: Optional[str] = None, **options: Any) -> "Deployment":
+    def options(self, *, name: str | None = None, **options: Any) -> Deployment:
         """A copy with some options changed (same keywords as ``@serve.deployment``)."""
         options.pop("version", None)  # Ray's deprecated option; versions are per deploy here
         return Deployment(self._func_or_class, name or self._name, self._config.with_options(**options))

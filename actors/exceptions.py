@@ -45,6 +45,11 @@ class RequestCancelledError(ServeException, asyncio.CancelledError):
     """
 
 
+def deleted_error(app: str) -> DeploymentUnavailableError:
+    """What requests still queued for a deleted application fail with."""
+    return DeploymentUnavailableError(f"Application '{app}' was deleted before this request ran.")
+
+
 class ReplicaDiedError(ServeException):
     """The replica running the request died before answering (killed, crashed)."""
 

@@ -1,7 +1,7 @@
 """Handles and responses (``ray.serve.handle``): how code calls a deployment.
 
 ``handle.remote()`` encodes the call, hands it to the process's
-:class:`broker.calls.CallClient` (which pipelines it to the deployment's Redis queue)
+:class:`actors.runtime.caller.CallClient` (which pipelines it to the deployment's Redis queue)
 and returns a :class:`DeploymentResponse` at once. A response passed as an argument to
 another ``.remote()`` call travels as its request id: the downstream replica reads the
 value from the result key itself, so the value never passes through the caller.
@@ -15,20 +15,20 @@ import contextvars
 import threading
 import time
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 from broker import codec, streams
-from broker.calls import DETACHED, CallClient, get_client
 from broker.keys import Keys
 
 from .exceptions import RequestCancelledError, ServeException, rebuild_remote_error
+from .runtime.caller import DETACHED, CallClient, get_client
 
 __all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]
 
 # Request ids of responses met while pickling a call's arguments (None outside .remote()).
-_collecting: contextvars.ContextVar[Optional[list[str]]] = contextvars.ContextVar("_collecting", default=None)
+_collecting: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("_collecting", default=None)
 # Values of those responses, while a replica unpickles the arguments.
-_resolved: contextvars.ContextVar[Optional[dict[str, Any]]] = contextvars.ContextVar("_resolved", default=None)
+_resolved: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("_resolved", default=None)
 
 
 class DeploymentHandle:
@@ -52,7 +52,7 @@ class DeploymentHandle:
         self._result_ttl_ms = _result_ttl_ms
         self._method_name = _method_name
         self._stream = _stream
-        self._client: Optional[CallClient] = None
+        self._client: CallClient | None = None
 
     @property
     def deployment_name(self) -> str:
@@ -75,9 +75,9 @@ class DeploymentHandle:
         return (f"DeploymentHandle(deployment='{self._deployment_name}', app='{self._app_name}', "
                 f"method='{self._method_name}')")
 
-    def options(self, *, method_name: Optional[str] = None, stream: Optional[bool] = None,
-                multiplexed_model_id: Optional[str] = None, use_new_handle_api: Optional[bool] = None,
-                **_ignored: Any) -> "DeploymentHandle":
+    def options(self, *, method_name: str | None = None, stream: bool | None = None,
+                multiplexed_model_id: str | None = None, use_new_handle_api: bool | None = None,
+                **_ignored: Any) -> DeploymentHandle:
         """A copy of this handle with another method or streaming mode."""
         kwargs = self._kwargs()
         if method_name is not None:
@@ -86,12 +86,12 @@ class DeploymentHandle:
             kwargs["_stream"] = bool(stream)
         return _rebuild_handle(kwargs)
 
-    def __getattr__(self, name: str) -> "DeploymentHandle":
+    def __getattr__(self, name: str) -> DeploymentHandle:
         if name.startswith("_"):
             raise AttributeError(name)
         return self.options(method_name=name)
 
-    def remote(self, *args: Any, **kwargs: Any) -> "DeploymentResponse":
+    def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse:
         """Call the deployment; returns at once with a response to await or ``.result()``."""
         client = self._client
         if client is None or client.closed:
@@ -141,10 +141,10 @@ class DeploymentResponse:
         self._message = message
         self._future = future
         self._refs = refs  # ids of the responses this call consumes
-        self._raw: Optional[bytes] = None  # the outcome's bytes, once read
+        self._raw: bytes | None = None  # the outcome's bytes, once read
         self._passed_on = False  # passed to another call by reference (see __reduce__)
         self._value: Any = _PENDING
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
 
     @property
     def request_id(self) -> str:
@@ -163,7 +163,7 @@ class DeploymentResponse:
             raise self._error
         return self._value
 
-    def result(self, *, timeout_s: Optional[float] = None, _skip_asyncio_check: bool = False) -> Any:
+    def result(self, *, timeout_s: float | None = None, _skip_asyncio_check: bool = False) -> Any:
         """Block until the result is ready and return it (or raise the remote exception).
 
         Raises ``TimeoutError`` after ``timeout_s`` seconds: a request no replica has taken
@@ -304,14 +304,14 @@ class DeploymentResponseGenerator:
         self._state = _StreamState(client, req_id)
         self._dep = dep
         self._queued = queued
-        self._sync: Optional[Any] = None
-        self._async: Optional[Any] = None
+        self._sync: Any | None = None
+        self._async: Any | None = None
 
     @property
     def request_id(self) -> str:
         return self._state.req_id
 
-    def __iter__(self) -> "DeploymentResponseGenerator":
+    def __iter__(self) -> DeploymentResponseGenerator:
         return self
 
     def __next__(self) -> Any:
@@ -323,7 +323,7 @@ class DeploymentResponseGenerator:
             self._sync = _read_items(self._state)
         return next(self._sync)
 
-    def __aiter__(self) -> "DeploymentResponseGenerator":
+    def __aiter__(self) -> DeploymentResponseGenerator:
         return self
 
     async def __anext__(self) -> Any:
@@ -396,7 +396,7 @@ def _copy_state(target: asyncio.Future[bytes], source: concurrent.futures.Future
         target.set_result(source.result())
 
 
-_bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = weakref.WeakKeyDictionary()
+_bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
 
 
 async def wait_on_loop(source: concurrent.futures.Future[bytes]) -> bytes:
@@ -436,7 +436,7 @@ def _chained_value(req_id: str) -> Any:
 
 
 def load_call_args(client: CallClient, payload: bytes, refs: tuple[str, ...],
-                   timeout_s: Optional[float] = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+                   timeout_s: float | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Unpickle a call's arguments on a replica, waiting for the chained results first.
 
     An upstream call that failed makes this raise its exception, so the downstream

@@ -16,16 +16,17 @@ Example::
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 from broker.connection import redact
 
-from . import context as _ctx
 from .batching import batch
 from .config import ConfigError, DeploymentConfig
 from .deployment import Application, Deployment
 from .exceptions import DeploymentUnavailableError
 from .handle import DeploymentHandle
+from .runtime import context as _ctx
 from .status import ServeStatus
 
 __all__ = [
@@ -37,19 +38,19 @@ _UNSET: Any = object()
 
 
 def deployment(
-    _func_or_class: Optional[Callable[..., Any]] = None,
+    _func_or_class: Callable[..., Any] | None = None,
     *,
-    name: Optional[str] = None,
-    num_replicas: Union[int, str, None] = _UNSET,
+    name: str | None = None,
+    num_replicas: int | str | None = _UNSET,
     max_ongoing_requests: int = _UNSET,
     max_queued_requests: int = _UNSET,
-    autoscaling_config: Optional[dict[str, Any]] = _UNSET,
+    autoscaling_config: dict[str, Any] | None = _UNSET,
     user_config: Any = _UNSET,
     health_check_period_s: float = _UNSET,
     health_check_timeout_s: float = _UNSET,
     graceful_shutdown_timeout_s: float = _UNSET,
     graceful_shutdown_wait_loop_s: float = _UNSET,
-    ray_actor_options: Optional[dict[str, Any]] = _UNSET,
+    ray_actor_options: dict[str, Any] | None = _UNSET,
     max_request_retries: int = _UNSET,
     **unsupported: Any,
 ) -> Any:
@@ -84,7 +85,7 @@ def deployment(
     return decorate(_func_or_class) if _func_or_class is not None else decorate
 
 
-def start(redis_url: Optional[str] = None, http_options: Optional[dict[str, Any]] = None,
+def start(redis_url: str | None = None, http_options: dict[str, Any] | None = None,
           **_ignored: Any) -> None:
     """Connect this process to mqserve; with no Redis configured, start a private one.
 
@@ -102,7 +103,7 @@ def start(redis_url: Optional[str] = None, http_options: Optional[dict[str, Any]
     _ctx.get_context(redis_url=redis_url, http_options=http_options)
 
 
-def run(target: Application, *, name: str = "default", route_prefix: Optional[str] = "/",
+def run(target: Application, *, name: str = "default", route_prefix: str | None = "/",
         blocking: bool = False, _local_testing_mode: bool = False, **_ignored: Any) -> DeploymentHandle:
     """Deploy (or upgrade, if ``name`` exists) an application; returns a handle to its ingress.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Optional
+from typing import Any
 
 from broker.registry import Registry
 
@@ -36,7 +36,7 @@ class ApplicationStatusOverview:
 
     status: str
     message: str = ""
-    route_prefix: Optional[str] = None
+    route_prefix: str | None = None
     ingress: str = ""
     deployments: dict[str, DeploymentStatusOverview] = field(default_factory=dict)
 
@@ -49,7 +49,7 @@ class ServeStatus:
     #: Gateway records by id: host, port, pid, heartbeat_age_s.
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Who runs the controller now.
-    controller: Optional[str] = None
+    controller: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +90,7 @@ def stopping(records: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[st
 
 
 def deleting_status(record: dict[str, Any], records: dict[str, dict[str, dict[str, Any]]]
-                    ) -> Optional[ApplicationStatusOverview]:
+                    ) -> ApplicationStatusOverview | None:
     """A deleted app whose replicas are still draining, as Ray lists it: DELETING; None
     once they have all stopped."""
     draining = stopping(records)

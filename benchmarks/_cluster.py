@@ -1,5 +1,5 @@
 """A cluster on this machine for the cluster benchmarks: a private ``redis-server`` on a
-free TCP port, ``python -m actors.node`` workers (= ``mqserve worker``), and this
+free TCP port, ``python -m actors.runtime.node`` workers (= ``mqserve worker``), and this
 process as a cluster-mode driver (``serve.start(redis_url=...)``).
 
 Every worker carries a namespace of its own in its command line, and its replicas
@@ -20,7 +20,8 @@ import signal
 import subprocess
 import sys
 import uuid
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from _common import free_port, log
 
@@ -28,8 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from actors._local import find_redis_server  # noqa: E402
-from actors._procs import child_preexec, stop_all, stop_process  # noqa: E402
+from actors.runtime.local import find_redis_server  # noqa: E402
+from actors.runtime.procs import child_preexec, stop_all, stop_process  # noqa: E402
 from broker.connection import connect  # noqa: E402
 from broker.keys import Keys  # noqa: E402
 from broker.registry import Registry  # noqa: E402
@@ -48,7 +49,7 @@ def poll(predicate: Callable[[], Any], timeout_s: float = 60.0, interval_s: floa
 
 
 def replica_processes(namespace: str) -> list[int]:
-    return [pid for pid in processes_with(namespace) if _cmdline_has(pid, b"actors.replica")]
+    return [pid for pid in processes_with(namespace) if _cmdline_has(pid, b"actors.runtime.replica")]
 
 
 def _cmdline_has(pid: int, needle: bytes) -> bool:
@@ -76,18 +77,18 @@ class BenchCluster:
     """``with BenchCluster(workers=2) as c:`` -> Redis and 2 registered workers, and
     this process connected to them in cluster mode (``serve.run`` places replicas there)."""
 
-    def __init__(self, workers: int = 2, *, max_replicas: Optional[int] = None) -> None:
+    def __init__(self, workers: int = 2, *, max_replicas: int | None = None) -> None:
         self.n_workers = workers
         self.max_replicas = max_replicas
         self.namespace = f"mqbench-{uuid.uuid4().hex[:8]}"
-        self.redis_proc: Optional[subprocess.Popen[bytes]] = None
+        self.redis_proc: subprocess.Popen[bytes] | None = None
         self.url = os.environ.get("MQSERVE_REDIS_URL") or ""
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
-        self.registry: Optional[Registry] = None
+        self.registry: Registry | None = None
         self._old_sigterm: Any = None
 
     # Start ----------------------------------------------------------------------------------
-    def __enter__(self) -> "BenchCluster":
+    def __enter__(self) -> BenchCluster:
         self._old_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             self._start()
@@ -135,7 +136,7 @@ class BenchCluster:
         env = {**os.environ, "MQSERVE_NAMESPACE": self.namespace}
         env.pop("MQSERVE_REDIS_URL", None)
         env["PYTHONPATH"] = ROOT
-        cmd = [sys.executable, "-m", "actors.node", "--redis-url", self.url, "--namespace", self.namespace,
+        cmd = [sys.executable, "-m", "actors.runtime.node", "--redis-url", self.url, "--namespace", self.namespace,
                "--name", name] + (["--max-replicas", str(self.max_replicas)] if self.max_replicas is not None else [])
         # From "/": the workers get the benchmark's code by cloudpickle, as on other machines.
         self.workers[name] = subprocess.Popen(cmd, env=env, cwd="/", stdin=subprocess.DEVNULL,

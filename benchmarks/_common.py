@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 _RESULT_OUT = os.fdopen(os.dup(1), "w", buffering=1)
 sys.stdout.flush()

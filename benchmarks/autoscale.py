@@ -25,7 +25,6 @@ import asyncio
 import os
 import threading
 import time
-from typing import Optional
 
 from _cluster import BenchCluster
 from _common import emit, log
@@ -53,7 +52,7 @@ class Watcher(threading.Thread):
         self.first_running: dict[int, float] = {}
         self.target_at: dict[int, float] = {}
         self.done = threading.Event()
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         registry = self.cluster.registry
@@ -109,7 +108,7 @@ async def drive(handle, cluster: BenchCluster, args: argparse.Namespace) -> dict
     watcher.done.set()
     watcher.join()
 
-    def rate(lo: float, hi: float) -> Optional[float]:
+    def rate(lo: float, hi: float) -> float | None:
         if hi <= lo:
             return None
         return round(sum(1 for c in completions if lo <= c < hi) / (hi - lo), 1)

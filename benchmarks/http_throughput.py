@@ -22,9 +22,9 @@ import time
 from typing import Any
 
 from _common import emit, free_port, latency_stats, log
+from starlette.requests import Request
 
 from actors import serve
-from starlette.requests import Request
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
 

@@ -45,16 +45,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Any, Callable, Optional
-
-from _common import emit, free_port, log, percentile
-from _cluster import ROOT, BenchCluster, _cpu, poll
+from collections.abc import Callable
+from typing import Any
 
 import httpx  # noqa: E402
+from _cluster import ROOT, BenchCluster, _cpu, poll
+from _common import emit, free_port, log, percentile
 
 from actors import serve  # noqa: E402
-from actors._procs import child_preexec, stop_process  # noqa: E402
 from actors.exceptions import RequestCancelledError  # noqa: E402
+from actors.runtime.procs import child_preexec, stop_process  # noqa: E402
 from broker.connection import connect  # noqa: E402
 from tests.procs import processes_with  # noqa: E402
 
@@ -144,14 +144,14 @@ class Stats:
         return out
 
 
-def _r(x: float, nd: int = 2) -> Optional[float]:
+def _r(x: float, nd: int = 2) -> float | None:
     return None if x != x else round(x, nd)  # NaN -> null
 
 
 # Processes, memory, Redis ----------------------------------------------------------------------
 
 
-def vmrss_kb(pid: int) -> Optional[int]:
+def vmrss_kb(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -174,7 +174,7 @@ def _arg(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else "?"
 
 
-def process_table(c: BenchCluster, gateway: Optional[subprocess.Popen[bytes]]) -> dict[str, int]:
+def process_table(c: BenchCluster, gateway: subprocess.Popen[bytes] | None) -> dict[str, int]:
     """label -> pid of every process of the run: the driver, Redis (a private one), the
     workers, the gateway, and every replica (``replica:app/deployment``)."""
     table = {"driver": os.getpid()}
@@ -192,7 +192,7 @@ def process_table(c: BenchCluster, gateway: Optional[subprocess.Popen[bytes]]) -
         if pid in known:
             continue
         argv = _argv(pid)
-        if "actors.replica" in argv:
+        if "actors.runtime.replica" in argv:
             label = f"replica:{_arg(argv, '--app')}/{_arg(argv, '--deployment')}"
         else:
             label = f"other:{pid}"
@@ -230,9 +230,9 @@ def key_census(r: Any, ns: str, with_ttl: bool = False) -> dict[str, Any]:
 def driver_client_state() -> dict[str, int]:
     """Sizes of this process's CallClient maps (pending futures, owners, shared ids), and
     how many objects its garbage collector tracks."""
-    from broker import calls
-
     import gc
+
+    from broker import calls
 
     out = {"waiters": 0, "owners": 0, "shared": 0, "channels": 0, "gc_objects": len(gc.get_objects())}
     for client in list(calls._clients.values()):
@@ -289,7 +289,7 @@ class Soak:
         self.outstanding: set[asyncio.Task[None]] = set()
         self.threads = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="soak-sync")
         self.rng = random.Random(1)
-        self.http: Optional[httpx.AsyncClient] = None
+        self.http: httpx.AsyncClient | None = None
 
     # One call of each kind: returns normally for the kind's expected outcome, or raises.
     async def unary_sync(self) -> None:
@@ -357,7 +357,7 @@ class Soak:
     async def run_one(self, kind: str) -> None:
         fn: Callable[[], Any] = {"http": self.http_call}.get(kind) or getattr(self, kind)
         t0 = time.perf_counter()
-        err: Optional[BaseException] = None
+        err: BaseException | None = None
         try:
             try:
                 outcome = await asyncio.wait_for(fn(), GUARD_S) or "ok"
@@ -522,13 +522,13 @@ def growth(res: dict[str, Any]) -> dict[str, Any]:
         if last - first > limit and b - a > limit:
             found.append(f"{label} RSS {first} -> {last} MB")
     for kind in MIX:
-        f, l = wins[0]["kinds"][kind], wins[-1]["kinds"][kind]
-        if None in (f[4], l[4], f[5], l[5]):
+        f, last = wins[0]["kinds"][kind], wins[-1]["kinds"][kind]
+        if None in (f[4], last[4], f[5], last[5]):
             continue
-        if l[4] > 1.5 * f[4] and l[4] - f[4] > 1.0:
-            found.append(f"{kind} p50 {f[4]} -> {l[4]} ms")
-        if l[5] > 2 * f[5] and l[5] - f[5] > 5.0:
-            found.append(f"{kind} p99 {f[5]} -> {l[5]} ms")
+        if last[4] > 1.5 * f[4] and last[4] - f[4] > 1.0:
+            found.append(f"{kind} p50 {f[4]} -> {last[4]} ms")
+        if last[5] > 2 * f[5] and last[5] - f[5] > 5.0:
+            found.append(f"{kind} p99 {f[5]} -> {last[5]} ms")
     k0, k1 = res["start"]["keys"], wins[-1]["keys"]
     if k1 > 1.2 * k0 and k1 - k0 > 20:
         found.append(f"redis keys {k0} -> {k1} under load")
@@ -667,7 +667,7 @@ def main() -> None:
     namespace = ""
     with BenchCluster(workers=2) as c:
         namespace = c.namespace
-        gateway: Optional[subprocess.Popen[bytes]] = None
+        gateway: subprocess.Popen[bytes] | None = None
         try:
             gateway, port = start_gateway(c)
             handles = deploy()

@@ -39,7 +39,7 @@ async def drive(handle, rate: float, seconds: float, upgrade_at: float) -> dict:
         if upgraded is None and now - start >= upgrade_at:
             t0 = time.monotonic()
             upgraded = loop.run_in_executor(None, lambda: serve.run(build("new"), name="upgrade", route_prefix=None))
-            upgraded.add_done_callback(lambda _: log.info("upgrade took %.2f s", time.monotonic() - t0))
+            upgraded.add_done_callback(lambda _, t0=t0: log.info("upgrade took %.2f s", time.monotonic() - t0))
         tasks.append(asyncio.ensure_future(one()))
         i += 1
         await asyncio.sleep(max(0.0, start + i / rate - loop.time()))

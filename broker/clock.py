@@ -11,12 +11,12 @@ time without a round trip (:func:`now`).
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import redis
 
 #: Redis's clock minus this process's, in seconds; None until a first reading.
-_offset_s: Optional[float] = None
+_offset_s: float | None = None
 
 
 def seconds(reply: Any) -> float:
@@ -43,6 +43,6 @@ def sync(client: redis.Redis) -> None:
     observe(reply, sent_at, time.time())
 
 
-def now() -> Optional[float]:
+def now() -> float | None:
     """Redis's time in seconds, from this process's clock; None before any reading."""
     return None if _offset_s is None else time.time() + _offset_s

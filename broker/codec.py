@@ -24,7 +24,7 @@ import types
 import uuid
 from collections import ChainMap
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import cloudpickle
 
@@ -51,7 +51,7 @@ class ForgedMessageError(ValueError):
     ``MQSERVE_SECRET``: it was not written by an mqserve process holding the secret."""
 
 
-def _secret() -> Optional[bytes]:
+def _secret() -> bytes | None:
     secret = os.environ.get("MQSERVE_SECRET")
     return secret.encode() if secret else None
 
@@ -207,8 +207,8 @@ class RemoteFailure:
     ``message`` let the caller build a stand-in.
     """
 
-    exception: Optional[BaseException]
-    exc_type: Optional[type]
+    exception: BaseException | None
+    exc_type: type | None
     type_name: str
     message: str
     traceback: str
@@ -235,14 +235,14 @@ def decode_outcome(data: bytes) -> tuple[bool, Any]:
     raise ValueError(f"unknown outcome tag {tag!r}")
 
 
-def _try_dumps(obj: Any) -> Optional[bytes]:
+def _try_dumps(obj: Any) -> bytes | None:
     try:
         return dumps(obj)
     except Exception:
         return None
 
 
-def _try_loads(blob: Optional[bytes]) -> Any:
+def _try_loads(blob: bytes | None) -> Any:
     if blob is None:
         return None
     try:

@@ -28,7 +28,7 @@ def connect(url: str, *, max_connections: int | None = None, client_name: str | 
     return redis.Redis.from_url(url, **options)
 
 
-def connect_async(url: str, *, client_name: str | None = None) -> "redis.asyncio.Redis":
+def connect_async(url: str, *, client_name: str | None = None) -> redis.asyncio.Redis:
     """The asyncio twin of :func:`connect`, for code running on an event loop."""
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry as AsyncRetry

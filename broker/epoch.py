@@ -10,7 +10,6 @@ run, and every owner then writes its own records back (see docs/ARCHITECTURE.md)
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import redis
 
@@ -31,7 +30,7 @@ def server_id(client: redis.Redis) -> str:
     return str(info["run_id"])
 
 
-def check(client: redis.Redis, keys: Keys, seen: Optional[str]) -> tuple[bool, str]:
+def check(client: redis.Redis, keys: Keys, seen: str | None) -> tuple[bool, str]:
     """``(lost, run_id)``: whether Redis restarted without our data since ``seen`` (the
     run_id this process saw last; None at start, which never counts as lost)."""
     run_id = server_id(client)

@@ -17,8 +17,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import dramatiq
 import redis
@@ -50,8 +51,8 @@ class _Proxy(MessageProxy):
     def __init__(self, message: dramatiq.Message, raw: bytes) -> None:
         super().__init__(message)
         self.raw = raw
-        self.outcome: Optional[bytes] = None
-        self.deferred: Optional[Future[bytes]] = None
+        self.outcome: bytes | None = None
+        self.deferred: Future[bytes] | None = None
 
 
 class ServeBroker(dramatiq.Broker):
@@ -66,7 +67,7 @@ class ServeBroker(dramatiq.Broker):
     """
 
     def __init__(self, url: str, keys: Keys, *, queue_key: str, processing_key: str, result_ttl_ms: int,
-                 middleware: Optional[list[dramatiq.Middleware]] = None) -> None:
+                 middleware: list[dramatiq.Middleware] | None = None) -> None:
         super().__init__(middleware=middleware or [])
         self.url = url
         self.keys = keys
@@ -110,7 +111,7 @@ class ServeBroker(dramatiq.Broker):
     def flush_all(self) -> None:
         self.client.delete(self.queue_key, self.processing_key)
 
-    def join(self, queue_name: str, *, timeout: Optional[int] = None) -> None:  # pragma: no cover
+    def join(self, queue_name: str, *, timeout: int | None = None) -> None:  # pragma: no cover
         raise NotImplementedError("join is not used by mqserve replicas")
 
     def close(self) -> None:
@@ -130,7 +131,7 @@ class _BlockingConsumer(Consumer):
         self.busy = False  # the last fetch found work: try a batch next
         self.completer = _Completer(self)
 
-    def __next__(self) -> Optional[MessageProxy]:
+    def __next__(self) -> MessageProxy | None:
         if self.taken and not self.broker.draining.is_set():
             return self.taken.popleft()
         with self.slots:
@@ -166,7 +167,7 @@ class _BlockingConsumer(Consumer):
             self.taken.append(_Proxy(message, raw))
         return self.taken.popleft() if self.taken else None
 
-    def _decode(self, raw: bytes) -> Optional[dramatiq.Message]:
+    def _decode(self, raw: bytes) -> dramatiq.Message | None:
         try:
             return dramatiq.Message(**codec.decode_request(raw))
         except Exception:

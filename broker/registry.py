@@ -15,7 +15,8 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
@@ -94,11 +95,11 @@ class Registry:
     def finish_deleting(self, name: str) -> None:
         self.redis.hdel(self.keys.deleting, name)
 
-    def app(self, name: str) -> Optional[dict[str, Any]]:
+    def app(self, name: str) -> dict[str, Any] | None:
         raw = self.redis.hget(self.keys.apps, name)
         return json.loads(raw) if raw else None
 
-    def deployment(self, app: str, dep: str) -> Optional[dict[str, Any]]:
+    def deployment(self, app: str, dep: str) -> dict[str, Any] | None:
         """``{"spec": bytes, "config": dict, "version": str}`` or None if not registered."""
         raw = self.redis.hgetall(self.keys.deployment(app, dep))
         if b"spec" not in raw:
@@ -114,9 +115,9 @@ class Registry:
             pipe.hmget(self.keys.deployment(app, dep), ["version", "config"])
         return {dep: (v.decode(), json.loads(c)) for dep, (v, c) in zip(deps, pipe.execute()) if v}
 
-    def mark_failed(self, app: str, dep: str, version: str, result_ttl_ms: int) -> None:
+    def mark_failed(self, app: str, dep: str, version: str, result_ttl_ms: int, error: BaseException) -> None:
         """Refuse calls to this deployment version (its replicas cannot start), and fail
-        the requests already waiting for it rather than leave them hanging."""
+        the requests already waiting for it with ``error`` rather than leave them hanging."""
         key, queue = self.keys.deployment(app, dep), self.keys.queue(app, dep)
         with self.redis.pipeline() as pipe:
             try:
@@ -130,10 +131,10 @@ class Registry:
                 queued = pipe.execute()[1]
             except redis.WatchError:
                 return
-        self._fail_messages(queued, f"Deployment '{dep}' of application '{app}' failed to start.", result_ttl_ms)
+        self._fail_messages(queued, result_ttl_ms, error)
 
-    def delete_app(self, name: str, result_ttl_ms: int) -> int:
-        """Unregister an app; queued requests fail with DeploymentUnavailableError. The
+    def delete_app(self, name: str, result_ttl_ms: int, error: BaseException) -> int:
+        """Unregister an app; its queued requests fail with ``error``. The
         app is listed as deleting until its replicas have stopped (see :meth:`deleting`).
 
         Returns how many queued requests were failed.
@@ -152,16 +153,13 @@ class Registry:
         pipe.publish(self.keys.events, json.dumps({"app": name, "state": "DELETED"}))
         results = pipe.execute()
         queued = [m for res in results if isinstance(res, list) for m in res]
-        self._fail_messages(queued, f"Application '{name}' was deleted before this request ran.", result_ttl_ms)
+        self._fail_messages(queued, result_ttl_ms, error)
         return len(queued)
 
-    def _fail_messages(self, messages: list[bytes], reason: str, result_ttl_ms: int,
-                       error: Optional[BaseException] = None) -> None:
-        """Answer requests that will not run with an error (DeploymentUnavailableError by
-        default): through the reply path, or for streamed calls through their stream."""
-        from actors.exceptions import DeploymentUnavailableError
-
-        outcome = codec.encode_error(error or DeploymentUnavailableError(reason))
+    def _fail_messages(self, messages: list[bytes], result_ttl_ms: int, error: BaseException) -> None:
+        """Answer requests that will not run with ``error``: through the reply path, or for
+        streamed calls through their stream."""
+        outcome = codec.encode_error(error)
         batch = scripts.Batch()
         for raw in messages:
             try:
@@ -205,11 +203,11 @@ class Registry:
                 lost.append(raw)
         if again:  # replicas take from the right: these run next
             self.redis.rpush(self.keys.queue(app, dep), *reversed(again))
-        self._fail_messages(lost, "", result_ttl_ms, error)
+        self._fail_messages(lost, result_ttl_ms, error)
         return len(again), len(lost)
 
     # A Redis that restarted empty -------------------------------------------------------------
-    def data_lost(self, seen: Optional[str]) -> tuple[bool, str]:
+    def data_lost(self, seen: str | None) -> tuple[bool, str]:
         """See :func:`broker.epoch.check`."""
         return epoch.check(self.redis, self.keys, seen)
 
@@ -264,7 +262,7 @@ class Registry:
     def set_replica_error(self, replica_id: str, blob: bytes, ttl_ms: int) -> None:
         self.redis.set(self.keys.replica_error(replica_id), blob, px=ttl_ms)
 
-    def replica_error(self, replica_id: str) -> Optional[bytes]:
+    def replica_error(self, replica_id: str) -> bytes | None:
         return self.redis.get(self.keys.replica_error(replica_id))
 
     def orphan_replica_keys(self) -> list[tuple[str, str]]:
@@ -400,7 +398,7 @@ class Registry:
     def lead(self, candidate: str, lease_ms: int) -> bool:
         return bool(scripts.LEAD(self.redis, (self.keys.controller_lock,), (candidate, lease_ms)))
 
-    def leader(self) -> Optional[str]:
+    def leader(self) -> str | None:
         """The id of the process running the controller, if any."""
         raw = self.redis.get(self.keys.controller_lock)
         return raw.decode() if raw else None
@@ -430,9 +428,9 @@ class Registry:
         pubsub.subscribe(self.keys.events, *([self.keys.cancellations] if cancellations else []))
         return pubsub
 
-    def follow(self, handle: Callable[[Optional[dict[str, Any]]], None], stopped: threading.Event, *,
+    def follow(self, handle: Callable[[dict[str, Any] | None], None], stopped: threading.Event, *,
                every_s: float, what: str, cancellations: bool = False,
-               subscribed: Optional[Callable[[], None]] = None) -> None:
+               subscribed: Callable[[], None] | None = None) -> None:
         """Pass each message of :meth:`subscribe` to ``handle``, or None after ``every_s``
         without one, until ``stopped`` is set. After an error (Redis lost, or ``handle``
         raised) subscribe again, having closed the subscription it replaces: that one

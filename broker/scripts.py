@@ -8,8 +8,9 @@ that is a round trip on the hot path, so we call EVALSHA ourselves and reload on
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
@@ -47,7 +48,7 @@ HEARTBEAT = Script("heartbeat")
 ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, SETTLE, LEAD, RESIGN, TAKE, HEARTBEAT)
 
 
-def complete(batch: "Batch", keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,
+def complete(batch: Batch, keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,
              raw: bytes, ttl_ms: int, publish: bool = True) -> None:
     """Queue ``complete.lua`` for one request: publish its outcome (unless ``publish`` is
     off: a streamed response) and drop ``raw`` from ``processing_key``."""

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import pickle
 import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, AsyncIterator, Callable, Iterator, Optional
+from typing import Any
 
 import redis
 
@@ -45,7 +46,7 @@ class StreamWriter:
     """
 
     def __init__(self, client: Any, keys: Keys, req_id: str, loop: asyncio.AbstractEventLoop,
-                 ttl_ms: int, on_cancel: Optional[Callable[[], None]] = None, inbox: str = "") -> None:
+                 ttl_ms: int, on_cancel: Callable[[], None] | None = None, inbox: str = "") -> None:
         self.client = client  # a redis.asyncio client bound to ``loop``
         self.req_id = req_id
         self.inbox = inbox
@@ -72,7 +73,7 @@ class StreamWriter:
         """Queue an item; True if the writer was idle (it has just been woken)."""
         return self._add(lambda: self.items.append(item))
 
-    def finish(self, error: Optional[bytes] = None) -> None:
+    def finish(self, error: bytes | None = None) -> None:
         """End the stream, with an encoded error outcome if the generator raised."""
         def add() -> None:
             self._flush_items()

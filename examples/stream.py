@@ -1,5 +1,5 @@
 # File name: stream.py  (Ray Serve's "Streaming DeploymentHandle calls" example; only imports changed)
-from typing import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator
 
 from actors import serve
 from actors.handle import DeploymentHandle, DeploymentResponseGenerator

@@ -16,20 +16,21 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as StarletteRoute
 
-from actors.controller import ControllerLoop
 from actors.exceptions import BackPressureError, DeploymentUnavailableError
 from actors.handle import wait_on_loop
+from actors.runtime.caller import CallClient, get_client
+from actors.runtime.controller import ControllerLoop
 from actors.status import collect_status
 from broker import codec, streams
-from broker.calls import CallClient, get_client
 from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry
@@ -56,7 +57,7 @@ class Gateway:
     """Routes, client and counters of one gateway process."""
 
     def __init__(self, url: str, namespace: str, *, result_ttl_ms: int, max_body_bytes: int,
-                 timeout_s: Optional[float], address: tuple[str, int] = ("", 0)) -> None:
+                 timeout_s: float | None, address: tuple[str, int] = ("", 0)) -> None:
         self.keys = Keys(namespace)
         self.address = address
         self.gateway_id = f"gateway-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
@@ -67,7 +68,7 @@ class Gateway:
         self.registry = Registry(connect(url), self.keys)
         self.routes = RouteTable()
         self.metrics = Metrics()
-        self.client: Optional[CallClient] = None
+        self.client: CallClient | None = None
         self.stopped = threading.Event()
 
     # Routes ----------------------------------------------------------------------------
@@ -166,7 +167,7 @@ class Gateway:
         await self._relay_stream(req_id, status, headers, receive, send)
         return int(status)
 
-    async def _body(self, scope: Scope, receive: Receive) -> Optional[bytes]:
+    async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
                 return None
@@ -199,7 +200,7 @@ class Gateway:
         assert self.client is not None
         ended = False
         try:
-            async for fields in self.client.stream_entries_async(req_id, lambda: ended):
+            async for fields in self.client.stream_entries_async(req_id, lambda: ended):  # noqa: B023 - reads it late on purpose
                 if streams.ITEMS in fields:
                     for chunk in streams.decode_items(fields[streams.ITEMS]):
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -244,7 +245,7 @@ class _GatewayApp:
 
 
 def create_app(url: str, namespace: str, *, result_ttl_ms: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               timeout_s: Optional[float] = None, address: tuple[str, int] = ("", 0)) -> Any:
+               timeout_s: float | None = None, address: tuple[str, int] = ("", 0)) -> Any:
     """The gateway's ASGI app; serve it with uvicorn (see ``gateway.server``). ``address``
     is where it listens, announced in Redis for ``mqserve status``."""
     gw = Gateway(url, namespace, result_ttl_ms=result_ttl_ms, max_body_bytes=max_body_bytes, timeout_s=timeout_s,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,12 @@ class Route:
 class RouteTable:
     """Prefixes sorted longest first; a prefix matches itself and anything below it."""
 
-    def __init__(self, apps: Optional[dict[str, dict[str, Any]]] = None) -> None:
+    def __init__(self, apps: dict[str, dict[str, Any]] | None = None) -> None:
         routes = [Route(rec["route_prefix"], name, rec["ingress"])
                   for name, rec in (apps or {}).items() if rec.get("route_prefix")]
         self.routes = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
 
-    def match(self, path: str) -> Optional[Route]:
+    def match(self, path: str) -> Route | None:
         for route in self.routes:
             p = route.prefix
             if p == "/" or path == p or path.startswith(p + "/"):

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import uvicorn
 
@@ -58,7 +58,7 @@ if HttpToolsProtocol is not None:
 class _Server(uvicorn.Server):
     """Tells whoever started us (a pipe fd) once the socket is bound and serving."""
 
-    def __init__(self, config: uvicorn.Config, ready_fd: Optional[int]) -> None:
+    def __init__(self, config: uvicorn.Config, ready_fd: int | None) -> None:
         super().__init__(config)
         self.ready_fd = ready_fd
 
@@ -70,7 +70,7 @@ class _Server(uvicorn.Server):
             self.ready_fd = None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     parser = argparse.ArgumentParser(prog="mqserve gateway")
     parser.add_argument("--redis-url", default=settings.redis_url, required=settings.redis_url is None)

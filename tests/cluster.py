@@ -14,17 +14,16 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
 
 import httpx
 
+from actors import serve
+from actors.runtime.procs import stop_all, stop_process
 from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry
-
-from actors import serve
-from actors._procs import stop_all, stop_process
 
 from .procs import kill_all, wait_until_gone
 
@@ -54,19 +53,21 @@ class LocalCluster:
         self.env = {**os.environ, "PYTHONPATH": ROOT, "MQSERVE_NAMESPACE": namespace}
         self.env.pop("MQSERVE_REDIS_URL", None)
 
-    def add_worker(self, name: str, *, max_replicas: Optional[int] = None, wait: bool = True,
+    def add_worker(self, name: str, *, max_replicas: int | None = None, wait: bool = True,
                    cwd: str = "/") -> subprocess.Popen[bytes]:
         """Start a worker from a directory where the tests' modules cannot be imported."""
         env = {k: v for k, v in self.env.items() if k != "PYTHONPATH"}
-        cmd = [sys.executable, "-m", "actors.node", "--redis-url", self.redis_url, "--namespace", self.namespace,
-               "--name", name] + (["--max-replicas", str(max_replicas)] if max_replicas is not None else [])
+        cmd = [sys.executable, "-m", "actors.runtime.node", "--redis-url", self.redis_url,
+               "--namespace", self.namespace, "--name", name]
+        if max_replicas is not None:
+            cmd += ["--max-replicas", str(max_replicas)]
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
         self.workers[name] = proc
         if wait:
             poll(lambda: name in self.registry.nodes(), what=f"worker {name} to register")
         return proc
 
-    def add_gateway(self, port: int, *, wait: bool = True, env: Optional[dict[str, str]] = None
+    def add_gateway(self, port: int, *, wait: bool = True, env: dict[str, str] | None = None
                     ) -> subprocess.Popen[bytes]:
         """A gateway on ``port``; ``env`` adds settings (MQSERVE_MAX_BODY_BYTES...)."""
         cmd = [sys.executable, "-m", "gateway", "--redis-url", self.redis_url, "--namespace", self.namespace,

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,7 +19,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from actors import serve  # noqa: E402
-from actors._local import find_redis_server  # noqa: E402
+from actors.runtime.local import find_redis_server  # noqa: E402
 from broker.connection import connect  # noqa: E402
 from broker.keys import Keys  # noqa: E402
 from broker.registry import Registry  # noqa: E402
@@ -82,7 +82,8 @@ def serve_instance(cluster: LocalCluster, redis_url: str) -> Iterator[Registry]:
         serve.shutdown()
 
 
-def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_python(code: str, *, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a Python program in a fresh interpreter from the repository root."""
     base = {k: v for k, v in os.environ.items() if k != "MQSERVE_NAMESPACE"}
     full_env = {**base, "PYTHONPATH": ROOT, "MQSERVE_HTTP_PORT": str(free_port()), **(env or {})}

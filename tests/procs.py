@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def processes_with(marker: str) -> list[int]:

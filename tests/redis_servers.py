@@ -12,11 +12,11 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
-from actors._local import find_redis_server
-from actors._procs import stop_process
+from actors.runtime.local import find_redis_server
+from actors.runtime.procs import stop_process
 
 #: Seconds a redis-server gets to say it is ready.
 START_TIMEOUT_S = 15.0
@@ -34,7 +34,7 @@ class RedisServer:
     """A redis-server child process started with ``args`` after the usual test options."""
 
     def __init__(self, args: Sequence[str], *, timeout_s: float = START_TIMEOUT_S,
-                 binary: Optional[str] = None) -> None:
+                 binary: str | None = None) -> None:
         cmd = [binary or find_redis_server(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--logfile", "", *args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -69,7 +69,7 @@ class RedisServer:
         stop_process(self.proc)
         self._reader.join(timeout=2)
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -182,7 +182,7 @@ def _certs_with_cryptography(d: str) -> Certs:  # pragma: no cover - used where 
     )
 
 
-def tls_unsupported(log: str) -> Optional[str]:
+def tls_unsupported(log: str) -> str | None:
     """Why a redis-server that refused to start with TLS options lacks TLS, or None if the
     failure was something else (which a test should report, not skip)."""
     lowered = log.lower()

@@ -25,7 +25,7 @@ def mqserve(tmp_path):
     def start(*args: str) -> tuple[subprocess.Popen[str], int]:
         env = {**os.environ, "PYTHONPATH": ROOT, "MQSERVE_NAMESPACE": marker}
         env.pop("MQSERVE_REDIS_URL", None)
-        proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", *args, "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "actors.runtime.cli", "run", *args, "--port", str(port)],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(proc)
         return proc, port

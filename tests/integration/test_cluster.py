@@ -13,8 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import httpx
 import pytest
@@ -155,7 +155,8 @@ app = Shouter.bind()
 def _mqserve(args: list[str], cwd: str, redis_url: str, namespace: str, timeout: float = 90):
     env = {**os.environ, "MQSERVE_NAMESPACE": namespace, "PYTHONPATH": ROOT}
     env.pop("MQSERVE_REDIS_URL", None)
-    return subprocess.run([sys.executable, "-m", "actors.cli", *args, "--redis-url", redis_url], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "actors.runtime.cli", *args, "--redis-url", redis_url], cwd=cwd,
+                          env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -261,7 +262,7 @@ def test_run_on_a_cluster_deletes_its_app_at_ctrl_c(fresh: LocalCluster, redis_u
     port = free_port()
     fresh.add_gateway(port)
     env = {**os.environ, "MQSERVE_NAMESPACE": fresh.namespace, "PYTHONPATH": ROOT}
-    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "run", "examples.hello:language_classifier",
+    proc = subprocess.Popen([sys.executable, "-m", "actors.runtime.cli", "run", "examples.hello:language_classifier",
                              "--redis-url", redis_url], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -4,7 +4,7 @@ The gateway, two workers (``--scale worker=2``) and the one-shot deploy service 
 ``command`` and ``environment`` written in docker-compose.yml, with three substitutions
 only: the ``redis`` service's address becomes the session's redis-server, the gateway's
 ``0.0.0.0:8000`` becomes 127.0.0.1 on a free port, and ``mqserve`` becomes this
-interpreter running ``actors.cli``. A broken command, module path or Redis URL in the
+interpreter running ``actors.runtime.cli``. A broken command, module path or Redis URL in the
 compose file fails this test.
 """
 
@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -107,7 +108,7 @@ class ComposeRun:
             args[args.index("--port") + 1] = str(self.http_port)
         # -X puts the marker on the command line (where tests.procs looks) without
         # changing the program; the replicas a worker starts carry it as --namespace.
-        return [sys.executable, "-X", f"mqserve_test={self.marker}", "-m", "actors.cli", *args]
+        return [sys.executable, "-X", f"mqserve_test={self.marker}", "-m", "actors.runtime.cli", *args]
 
     def env(self, name: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MQSERVE_")}

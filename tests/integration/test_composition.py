@@ -10,14 +10,14 @@ import asyncio
 import gc
 import os
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from actors import serve
-from actors.context import current_context
 from actors.exceptions import DeploymentUnavailableError, ReplicaDiedError, RequestCancelledError
 from actors.handle import DeploymentHandle
+from actors.runtime.context import current_context
 from broker.registry import Registry
 from tests.cluster import cluster_on, free_port, poll
 from tests.procs import wait_until_gone

@@ -21,7 +21,8 @@ def _run_example(path: str, tmp_path: object, **env_overrides: str) -> tuple[sub
     marker = f"mqex{uuid.uuid4().hex[:8]}"
     tmpdir = os.path.join(str(tmp_path), marker)
     os.makedirs(tmpdir)
-    env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": tmpdir, "MQSERVE_NAMESPACE": marker, "MQSERVE_HTTP_PORT": str(free_port()), **env_overrides}
+    env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": tmpdir, "MQSERVE_NAMESPACE": marker,
+           "MQSERVE_HTTP_PORT": str(free_port()), **env_overrides}
     env.pop("MQSERVE_REDIS_URL", None)
     env.pop("MQSERVE_REDIS_SERVER", None)
     proc = subprocess.run([sys.executable, path], cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)

@@ -20,9 +20,9 @@ import socket
 import string
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
 from urllib.parse import quote, unquote
 
 import httpx
@@ -102,7 +102,7 @@ class Reply:
     timed_out: bool = False
 
     @property
-    def final(self) -> Optional[int]:
+    def final(self) -> int | None:
         finals = [s for s in self.statuses if s >= 200]
         return finals[-1] if finals else None
 
@@ -132,7 +132,7 @@ def read_reply(sock: socket.socket, wait_s: float, responses: int = 1) -> Reply:
                 return reply
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             reply.timed_out = True
             return reply
         except OSError:  # reset
@@ -235,7 +235,7 @@ bodies = st.one_of(st.binary(max_size=2048),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(method=methods, path=paths, query=queries, headers=st.lists(st.tuples(header_names, header_values), max_size=20),
        body=bodies)
-def test_generated_requests_never_get_a_5xx(gw: Gw, method: str, path: str, query: Optional[str],
+def test_generated_requests_never_get_a_5xx(gw: Gw, method: str, path: str, query: str | None,
                                             headers: list[tuple[str, bytes]], body: bytes) -> None:
     target = path if query is None else f"{path}?{query}"
     conn = http.client.HTTPConnection(gw.host, gw.port, timeout=10)

@@ -339,7 +339,7 @@ def test_backpressure_rejects_at_once_and_never_runs_the_rejected(serve_instance
 
 def test_each_result_ttl_gets_its_own_client(redis_url: str, namespace: str) -> None:
     """Handles with different result TTLs in one process do not share the first one's."""
-    from broker.calls import get_client
+    from actors.runtime.caller import get_client
     from broker.keys import Keys
 
     short = get_client(redis_url, Keys(namespace), result_ttl_ms=1_000)

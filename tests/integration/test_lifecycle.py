@@ -45,7 +45,8 @@ def driver(tmp_path):
     procs: list[subprocess.Popen[str]] = []
 
     def start(mode: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": tmpdir, "MQSERVE_NAMESPACE": marker, "MQSERVE_HTTP_PORT": str(free_port())}
+        env = {**os.environ, "PYTHONPATH": ROOT, "TMPDIR": tmpdir, "MQSERVE_NAMESPACE": marker,
+               "MQSERVE_HTTP_PORT": str(free_port())}
         env.pop("MQSERVE_REDIS_URL", None)
         proc = subprocess.Popen([sys.executable, "-c", DRIVER, mode], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

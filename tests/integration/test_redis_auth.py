@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -31,8 +31,15 @@ from actors.handle import DeploymentHandle
 from broker.connection import connect
 from tests.cluster import LocalCluster
 from tests.conftest import free_port
-from tests.redis_servers import (CertToolMissing, Certs, RedisServer, RedisStartError, make_certs,
-                                 redis_server_binaries, tls_unsupported)
+from tests.redis_servers import (
+    Certs,
+    CertToolMissing,
+    RedisServer,
+    RedisStartError,
+    make_certs,
+    redis_server_binaries,
+    tls_unsupported,
+)
 
 #: A refused connection must be reported within this many seconds (retries included).
 FAIL_FAST_S = 10.0
@@ -233,7 +240,7 @@ def test_a_worker_with_wrong_credentials_stops_with_a_clear_message(which: str, 
     else:
         url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={certs.other_ca}"
     env = {**os.environ, "MQSERVE_REDIS_URL": url, "MQSERVE_NAMESPACE": f"bad{uuid.uuid4().hex[:6]}"}
-    done = subprocess.run([sys.executable, "-m", "actors.cli", "worker"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "actors.runtime.cli", "worker"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 1
     assert "cannot use Redis" in done.stderr and "wrong-s3cret" not in done.stderr

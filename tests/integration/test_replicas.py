@@ -13,7 +13,7 @@ import pytest
 from actors import serve
 from actors.config import ConfigError
 from actors.exceptions import DeploymentUnavailableError
-from actors.node import KILL_GRACE_S
+from actors.runtime.node import KILL_GRACE_S
 from tests.cluster import poll
 
 

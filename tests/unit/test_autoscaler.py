@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.autoscaler import ScaleState, decide, desired_replicas, initial_target
 from actors.config import ConfigError, DeploymentConfig
+from actors.runtime.autoscaler import ScaleState, decide, desired_replicas, initial_target
 
 
 def auto(**over):

@@ -6,8 +6,7 @@ import pickle
 
 import pytest
 
-from actors.exceptions import (BackPressureError, RemoteError, RequestCancelledError,
-                               rebuild_remote_error)
+from actors.exceptions import BackPressureError, RemoteError, RequestCancelledError, rebuild_remote_error
 
 
 class Custom(Exception):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import fakeredis
 import pytest
 
-from actors.controller import Controller
+from actors.runtime.controller import Controller
 from broker import registry as registry_module
 from broker import scripts
 from broker.connection import connect

@@ -13,7 +13,8 @@ import concurrent.futures
 import inspect
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from broker import codec
 from broker.queue import STREAMED
@@ -28,7 +29,7 @@ def not_a_generator(what: str, result: Any) -> TypeError:
 
 
 def drive(result: Any, writer: StreamWriter, loop: asyncio.AbstractEventLoop, what: str,
-          to_item: Callable[[Any], Any] = lambda x: x) -> "concurrent.futures.Future[bytes]":
+          to_item: Callable[[Any], Any] = lambda x: x) -> concurrent.futures.Future[bytes]:
     """Send every item of ``result`` (a generator) to ``writer``; the future resolves to
     :data:`STREAMED` once the stream is complete. Runs sync generators here (blocking)."""
     if inspect.isasyncgen(result):
@@ -76,5 +77,5 @@ async def _pump_async(agen: Any, writer: StreamWriter, to_item: Callable[[Any], 
         await agen.aclose()
 
 
-def _chain(writer: StreamWriter, outcome: "concurrent.futures.Future[bytes]") -> None:
+def _chain(writer: StreamWriter, outcome: concurrent.futures.Future[bytes]) -> None:
     writer.done.add_done_callback(lambda _: outcome.set_result(STREAMED))

@@ -1,6 +1,6 @@
 """The replica process: one copy of a deployment, run as a Dramatiq worker.
 
-Started by a node (``python -m actors.replica ...``). It loads the deployment's code
+Started by a node (``python -m actors.runtime.replica ...``). It loads the deployment's code
 from the registry (cloudpickle), constructs it, and consumes the deployment's queue
 with a Dramatiq ``Worker`` whose threads are the replica's thread pool: sync methods
 run on them, async methods run on the replica's one event loop. Concurrency is
@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import cloudpickle
 import dramatiq
@@ -32,20 +33,20 @@ from dramatiq.asyncio import EventLoopThread
 from dramatiq.middleware import CurrentMessage
 
 from broker import clock, codec
-from broker.calls import close_clients, get_client
 from broker.connection import connect, connect_async
 from broker.keys import Keys
 from broker.queue import STREAMED, ServeBroker
 from broker.registry import Registry
 from broker.streams import StreamWriter
 
-from ._procs import on_stdin_eof
+from ..batching import batch_capacity
+from ..config import DeploymentConfig, user_config_tag
+from ..exceptions import RequestCancelledError
+from ..handle import load_call_args
 from . import http
-from .batching import batch_capacity
+from .caller import close_clients, get_client
 from .cancellation import Cancellations
-from .config import DeploymentConfig, user_config_tag
-from .exceptions import RequestCancelledError
-from .handle import load_call_args
+from .procs import on_stdin_eof
 from .streaming import drive
 
 logger = logging.getLogger("mqserve.replica")
@@ -71,7 +72,7 @@ class _Outcomes(dramatiq.Middleware):
         self.deployment = deployment
 
     def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
-                              exception: Optional[BaseException] = None) -> None:
+                              exception: BaseException | None = None) -> None:
         if exception is not None:
             message.outcome = codec.encode_error(exception)
         elif message.deferred is None:
@@ -97,13 +98,13 @@ class Replica:
         self.version, self.node_id, self.result_ttl_ms = version, node_id, result_ttl_ms
         self.registry = Registry(connect(url), self.keys)
         self.stop_requested = threading.Event()
-        self.loop_thread: Optional[EventLoopThread] = None
+        self.loop_thread: EventLoopThread | None = None
         self.target: Any = None
         self.is_function = False
         self.user_config_tag = ""
         self.cancels = Cancellations()
         self.current = threading.local()
-        self.ingress: Optional[http.ASGIApp] = None
+        self.ingress: http.ASGIApp | None = None
         #: Set when check_health failed: the record keeps saying UNHEALTHY while it stops.
         self.unhealthy = False
 
@@ -168,10 +169,10 @@ class Replica:
         user_config (same code redeployed) without a restart, and restore our records
         if Redis lost them."""
         reconfigure = None if self.is_function else getattr(self.target, "reconfigure", None)
-        run_id: Optional[str] = None
+        run_id: str | None = None
         checked = 0.0
 
-        def on_event(event: Optional[dict[str, Any]]) -> None:
+        def on_event(event: dict[str, Any] | None) -> None:
             nonlocal run_id, checked
             if time.monotonic() - checked >= DATA_CHECK_S:
                 checked = time.monotonic()
@@ -202,7 +203,7 @@ class Replica:
         self.registry.follow(on_event, self.stop_requested, every_s=DATA_CHECK_S, cancellations=True,
                              subscribed=subscribed, what="cancellations and user_config changes")
 
-    def _restore_if_lost(self, run_id: Optional[str]) -> str:
+    def _restore_if_lost(self, run_id: str | None) -> str:
         """If Redis restarted empty, write back our app, deployment and replica records
         (the gateways then find the route again, the controller the deployment)."""
         lost, run_id = self.registry.data_lost(run_id)
@@ -312,7 +313,7 @@ class Replica:
                             inbox=message.options.get("reply_to", ""))
 
     def _stream(self, message: Any, method: str, payload: bytes,
-                refs: tuple[str, ...]) -> "concurrent.futures.Future[bytes]":
+                refs: tuple[str, ...]) -> concurrent.futures.Future[bytes]:
         """A generator call: its items, or its error, go to the request's stream."""
         assert self.loop_thread is not None
         writer = self._writer(message)
@@ -329,7 +330,7 @@ class Replica:
             done.set_result(STREAMED)
             return done
 
-    def _http(self, message: Any, payload: bytes) -> "concurrent.futures.Future[bytes]":
+    def _http(self, message: Any, payload: bytes) -> concurrent.futures.Future[bytes]:
         """An HTTP request from the gateway, run through the ingress on the event loop."""
         assert self.loop_thread is not None
         (snapshot,), _ = codec.decode_args(payload)
@@ -345,7 +346,7 @@ class Replica:
         task_box.append(task)
         outcome: concurrent.futures.Future[bytes] = concurrent.futures.Future()
 
-        def done(t: "concurrent.futures.Future[bytes]") -> None:
+        def done(t: concurrent.futures.Future[bytes]) -> None:
             try:
                 outcome.set_result(t.result())
             except BaseException as e:
@@ -364,11 +365,11 @@ class Replica:
                 self.ingress = http.call_as_asgi(self._method("__call__"))
         return self.ingress
 
-    def _on_loop(self, awaitable: Any) -> "concurrent.futures.Future[bytes]":
+    def _on_loop(self, awaitable: Any) -> concurrent.futures.Future[bytes]:
         assert self.loop_thread is not None
         outcome: concurrent.futures.Future[bytes] = concurrent.futures.Future()
 
-        def done(task: "concurrent.futures.Future[Any]") -> None:
+        def done(task: concurrent.futures.Future[Any]) -> None:
             if task.cancelled():
                 outcome.set_result(codec.encode_error(RequestCancelledError("the caller cancelled the request")))
                 return
@@ -419,9 +420,9 @@ async def _as_coroutine(awaitable: Any) -> Any:
 SWITCH_INTERVAL_S = 0.001
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    parser = argparse.ArgumentParser(prog="python -m actors.replica")
+    parser = argparse.ArgumentParser(prog="python -m actors.runtime.replica")
     # The Redis URL comes in the environment (MQSERVE_REDIS_URL), not argv: it may hold a
     # password, and every local user can read a process's command line.
     parser.add_argument("--redis-url", default=os.environ.get("MQSERVE_REDIS_URL"),

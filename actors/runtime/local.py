@@ -14,9 +14,9 @@ import sys
 import tempfile
 import threading
 import uuid
-from typing import IO, Optional
+from typing import IO
 
-from ._procs import child_preexec, stop_process
+from .procs import child_preexec, stop_process
 
 
 class LocalSetupError(RuntimeError):
@@ -86,7 +86,8 @@ class LocalNode:
     def __init__(self, url: str, namespace: str) -> None:
         self.node_id = f"local-{uuid.uuid4().hex[:8]}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.node", "--namespace", namespace, "--name", self.node_id, "--watch-stdin"],
+            [sys.executable, "-m", "actors.runtime.node", "--namespace", namespace, "--name", self.node_id,
+             "--watch-stdin"],
             stdin=subprocess.PIPE, env=_child_env(url), preexec_fn=child_preexec)
 
     def alive(self) -> bool:
@@ -144,7 +145,7 @@ def _child_env(url: str) -> dict[str, str]:
     return env
 
 
-def _drain(stream: Optional[IO[bytes]]) -> None:
+def _drain(stream: IO[bytes] | None) -> None:
     if stream is None:
         return
     try:

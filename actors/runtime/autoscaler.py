@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
@@ -22,8 +22,8 @@ class ScaleState:
 
     target: int
     #: When the load first asked for more (or fewer) replicas than ``target``, if it still does.
-    up_since: Optional[float] = None
-    down_since: Optional[float] = None
+    up_since: float | None = None
+    down_since: float | None = None
 
 
 def initial_target(auto: dict[str, Any]) -> int:

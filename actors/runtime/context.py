@@ -19,24 +19,25 @@ import sysconfig
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable, Optional
+from typing import Any
 
 import cloudpickle
 
 from broker import codec
-from broker.calls import close_clients
 from broker.connection import connect, redact
 from broker.keys import Keys
 from broker.registry import Registry, RouteConflictError
 
-from ._local import LocalGateway, LocalNode, LocalRedis
-from .config import ConfigError, Settings, user_config_tag
+from ..config import ConfigError, Settings, user_config_tag
+from ..deployment import Application, DeploymentPlan, build_app
+from ..exceptions import DeployFailedError, DeploymentUnavailableError, deleted_error, rebuild_remote_error
+from ..handle import DeploymentHandle
+from ..status import ServeStatus, collect_status
+from .caller import close_clients
 from .controller import heartbeat_fresh
-from .deployment import Application, DeploymentPlan, build_app
-from .exceptions import DeployFailedError, DeploymentUnavailableError, rebuild_remote_error
-from .handle import DeploymentHandle
-from .status import ServeStatus, collect_status
+from .local import LocalGateway, LocalNode, LocalRedis
 
 logger = logging.getLogger("mqserve")
 
@@ -47,11 +48,11 @@ EVENT_WAIT_S = 0.5
 class ServeContext:
     """Everything a driver process holds; created by ``serve.start``."""
 
-    def __init__(self, settings: Settings, *, redis_url: Optional[str] = None,
-                 http_options: Optional[dict[str, Any]] = None, start_processes: bool = True) -> None:
+    def __init__(self, settings: Settings, *, redis_url: str | None = None,
+                 http_options: dict[str, Any] | None = None, start_processes: bool = True) -> None:
         self.settings = settings
         self.http_options = dict(http_options or {})
-        self.local_redis: Optional[LocalRedis] = None
+        self.local_redis: LocalRedis | None = None
         url = redis_url or settings.redis_url
         #: Cluster mode: replicas run on the cluster's workers, HTTP on its gateways.
         self.cluster = url is not None
@@ -66,8 +67,8 @@ class ServeContext:
         except Exception as e:
             self._stop_local()
             raise ConnectionError(f"Cannot reach Redis at {redact(url)}: {e}. Check MQSERVE_REDIS_URL.") from e
-        self.node: Optional[LocalNode] = None
-        self.gateway: Optional[LocalGateway] = None
+        self.node: LocalNode | None = None
+        self.gateway: LocalGateway | None = None
         self.apps: set[str] = set()
         if start_processes:
             self.start_processes()
@@ -93,9 +94,9 @@ class ServeContext:
                                 _result_ttl_ms=self.settings.result_ttl_ms)
 
     # Deploy ---------------------------------------------------------------------------------
-    def deploy(self, app: Application, name: str, route_prefix: Optional[str],
-               overrides: Optional[dict[str, dict[str, Any]]] = None,
-               progress: Optional[Callable[[str], None]] = None) -> DeploymentHandle:
+    def deploy(self, app: Application, name: str, route_prefix: str | None,
+               overrides: dict[str, dict[str, Any]] | None = None,
+               progress: Callable[[str], None] | None = None) -> DeploymentHandle:
         """Register ``app`` and wait for its replicas; ``overrides`` maps deployment names
         to options (a config file's ``deployments`` section). ``progress`` gets a line
         each time the count of running replicas changes."""
@@ -132,9 +133,9 @@ class ServeContext:
         return self.handle(ingress, name)
 
     def _await_running(self, app: str, versions: dict[str, str], targets: dict[str, int], tags: dict[str, str],
-                       pubsub: Any, progress: Optional[Callable[[str], None]] = None) -> None:
+                       pubsub: Any, progress: Callable[[str], None] | None = None) -> None:
         deadline = time.monotonic() + self.settings.deploy_timeout_s
-        no_worker_since: Optional[float] = None
+        no_worker_since: float | None = None
         said = ""
         while True:
             records = self.registry.replica_sets(app, versions)
@@ -166,7 +167,7 @@ class ServeContext:
                     "(MQSERVE_DEPLOY_TIMEOUT_S). Check the replica logs; serve.status() shows the state.")
             pubsub.get_message(timeout=min(EVENT_WAIT_S, remaining))
 
-    def _check_workers(self, since: Optional[float], progress: Optional[Callable[[str], None]]) -> Optional[float]:
+    def _check_workers(self, since: float | None, progress: Callable[[str], None] | None) -> float | None:
         """Fail a cluster deploy that has had no live worker for ``MQSERVE_WORKER_WAIT_S``."""
         if any(heartbeat_fresh(rec) for rec in self.registry.nodes().values()):
             return None
@@ -198,7 +199,7 @@ class ServeContext:
             return
         pubsub = self.registry.subscribe()
         try:
-            self.registry.delete_app(name, self.settings.result_ttl_ms)
+            self.registry.delete_app(name, self.settings.result_ttl_ms, deleted_error(name))
             self.apps.discard(name)
             deadline = time.monotonic() + 60
             while blocking and time.monotonic() < deadline:
@@ -303,7 +304,7 @@ def _sources(files: list[str]) -> dict[str, str]:
     return sources
 
 
-def _user_source(module: Any) -> Optional[str]:
+def _user_source(module: Any) -> str | None:
     """The file of a module written by the user (not installed, not mqserve's), or None."""
     name = getattr(module, "__name__", "") or ""
     path = getattr(module, "__file__", None)
@@ -320,7 +321,7 @@ def _import_root(path: str) -> str:
     return max(holding, key=len) if holding else os.path.dirname(path)
 
 
-_context: Optional[ServeContext] = None
+_context: ServeContext | None = None
 _context_lock = threading.RLock()
 
 
@@ -338,7 +339,7 @@ def get_context(*, start: bool = True, **start_kwargs: Any) -> ServeContext:
         return _context
 
 
-def current_context() -> Optional[ServeContext]:
+def current_context() -> ServeContext | None:
     return _context
 
 

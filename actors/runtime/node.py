@@ -2,7 +2,7 @@
 
 ``mqserve worker`` runs one (or several) per machine in cluster mode; in local mode
 ``serve.run`` starts one for the driver. A node also runs a controller thread that
-competes for the controller lease (see :mod:`actors.controller`). Its main loop
+competes for the controller lease (see :mod:`actors.runtime.controller`). Its main loop
 heartbeats, then blocks on its wake-up list in Redis, and reconciles whenever an
 assignment changes or a child process exits.
 """
@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 import redis
 
@@ -27,10 +27,10 @@ from broker.connection import connect, redact
 from broker.keys import Keys
 from broker.registry import Registry
 
-from ._procs import child_preexec, on_stdin_eof
-from .config import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, Settings
+from ..config import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, Settings
+from ..exceptions import ReplicaDiedError
 from .controller import ControllerLoop
-from .exceptions import ReplicaDiedError
+from .procs import child_preexec, on_stdin_eof
 
 logger = logging.getLogger("mqserve.node")
 
@@ -51,7 +51,7 @@ class Node:
     """Owns replica processes; one per ``mqserve worker`` (or local ``serve.run``)."""
 
     def __init__(self, *, url: str, namespace: str, node_id: str, result_ttl_ms: int,
-                 max_replicas: Optional[int] = None) -> None:
+                 max_replicas: int | None = None) -> None:
         self.url, self.keys, self.node_id = url, Keys(namespace), node_id
         self.result_ttl_ms = result_ttl_ms
         self.max_replicas = max_replicas
@@ -79,7 +79,7 @@ class Node:
         logger.info("node %s serving namespace %s on %s", self.node_id, self.keys.ns, redact(self.url))
         self.controller.start()
         record = {"host": socket.gethostname(), "pid": os.getpid(), "max_replicas": self.max_replicas}
-        run_id: Optional[str] = None
+        run_id: str | None = None
         while not self.stop.is_set():
             try:
                 lost, run_id = reg.data_lost(run_id)
@@ -115,7 +115,7 @@ class Node:
                 proc.kill()
 
     def _spawn(self, rid: str, rec: dict[str, Any]) -> None:
-        cmd = [sys.executable, "-m", "actors.replica", "--namespace", self.keys.ns,
+        cmd = [sys.executable, "-m", "actors.runtime.replica", "--namespace", self.keys.ns,
                "--app", rec["app"], "--deployment", rec["deployment"], "--replica-id", rid,
                "--version", rec["version"], "--node-id", self.node_id,
                "--result-ttl-ms", str(self.result_ttl_ms)]
@@ -179,7 +179,7 @@ class Node:
             logger.info("node %s could not clean its records: %s", self.node_id, e)
 
 
-def _permanent_connection_problem(url: str) -> Optional[str]:
+def _permanent_connection_problem(url: str) -> str | None:
     """A wrong password or certificate will not fix itself: say so and stop. A Redis that
     is not up yet (or restarting) may be, so the node waits for it."""
     try:
@@ -195,9 +195,9 @@ def _permanent_connection_problem(url: str) -> Optional[str]:
     return None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
-    parser = argparse.ArgumentParser(prog="python -m actors.node")
+    parser = argparse.ArgumentParser(prog="python -m actors.runtime.node")
     parser.add_argument("--redis-url", default=settings.redis_url, required=settings.redis_url is None)
     parser.add_argument("--namespace", default=settings.namespace)
     parser.add_argument("--name", default=None, help="node id (default: host name and a random suffix)")

@@ -12,9 +12,10 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any, Optional
+from typing import Any
 
-from .config import ConfigError, Settings
+from ..config import ConfigError, Settings
+from ..exceptions import deleted_error
 
 
 class CLIError(Exception):
@@ -36,7 +37,7 @@ def _where(exc: BaseException) -> str:
 
 def _at(exc: BaseException) -> str:
     """`` (file, line N)`` for errors raised in user code; mqserve's own errors say enough."""
-    from .exceptions import ServeException
+    from ..exceptions import ServeException
 
     where = _where(exc)
     return "" if isinstance(exc, ServeException) or where == "unknown location" else f" ({where})"
@@ -49,7 +50,7 @@ def _first_line(exc: BaseException) -> str:
 
 def load_app(import_path: str) -> Any:
     """The application at ``module:attribute``, imported from the current directory."""
-    from .deployment import Application, Deployment
+    from ..deployment import Application, Deployment
 
     module_name, sep, attr = import_path.partition(":")
     if not sep or not module_name or not attr:
@@ -95,7 +96,7 @@ def _load_config(path: str) -> dict[str, Any]:
     return config
 
 
-def _deploy_all(opts: argparse.Namespace, progress: Any = None) -> list[tuple[str, Optional[str]]]:
+def _deploy_all(opts: argparse.Namespace, progress: Any = None) -> list[tuple[str, str | None]]:
     """Deploy what ``opts.target`` names; returns (app name, route prefix) pairs. Any
     failure becomes a :class:`CLIError` naming its cause (and where, in user code)."""
     try:
@@ -106,8 +107,8 @@ def _deploy_all(opts: argparse.Namespace, progress: Any = None) -> list[tuple[st
         raise CLIError(f"Deploying {opts.target} failed: {_first_line(e)}{_at(e)}.") from None
 
 
-def _deploy_targets(opts: argparse.Namespace, progress: Any) -> list[tuple[str, Optional[str]]]:
-    from . import serve
+def _deploy_targets(opts: argparse.Namespace, progress: Any) -> list[tuple[str, str | None]]:
+    from .. import serve
     from .context import get_context
 
     if opts.target.endswith((".yaml", ".yml")):
@@ -128,7 +129,7 @@ def _deploy_targets(opts: argparse.Namespace, progress: Any) -> list[tuple[str, 
 
 
 def _run(opts: argparse.Namespace) -> int:
-    from . import serve
+    from .. import serve
     from .context import current_context
 
     stop = threading.Event()
@@ -191,7 +192,7 @@ def _registry(opts: argparse.Namespace) -> Any:
 
 
 def _status(opts: argparse.Namespace) -> int:
-    from .status import collect_status
+    from ..status import collect_status
 
     status = collect_status(_registry(opts))
     if opts.json:
@@ -245,7 +246,7 @@ def _delete(opts: argparse.Namespace) -> int:
     registry = _registry(opts)
     if registry.app(opts.app_name) is None:
         raise CLIError(f"There is no application named '{opts.app_name}'; mqserve status lists them.")
-    failed = registry.delete_app(opts.app_name, Settings.from_env().result_ttl_ms)
+    failed = registry.delete_app(opts.app_name, Settings.from_env().result_ttl_ms, deleted_error(opts.app_name))
     print(f"deleted application '{opts.app_name}'" + (f" ({failed} queued request(s) failed)" if failed else ""))
     return 0
 
@@ -253,7 +254,7 @@ def _delete(opts: argparse.Namespace) -> int:
 def _shutdown(opts: argparse.Namespace) -> int:
     registry = _registry(opts)
     for name in registry.apps():
-        registry.delete_app(name, Settings.from_env().result_ttl_ms)
+        registry.delete_app(name, Settings.from_env().result_ttl_ms, deleted_error(name))
         print(f"deleted application '{name}'")
     return 0
 
@@ -274,7 +275,7 @@ def _gateway(opts: argparse.Namespace) -> int:
     return gateway_main(argv + (["--port", str(opts.port)] if opts.port else []))
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mqserve", description="Ray Serve's model on Redis and Dramatiq.")
     sub = parser.add_subparsers(dest="command", required=True)
     target_help = "module:attribute of a bound application (e.g. hello:app), or a Ray Serve config YAML"

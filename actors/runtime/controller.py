@@ -19,8 +19,9 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import redis
 
@@ -28,10 +29,10 @@ from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry
 
+from ..config import DeploymentConfig
+from ..exceptions import DeploymentUnavailableError, ReplicaDiedError
+from ..status import ENDED_STATES, stopping
 from .autoscaler import ScaleState, decide, initial_target
-from .config import DeploymentConfig
-from .exceptions import ReplicaDiedError
-from .status import ENDED_STATES, stopping
 
 logger = logging.getLogger("mqserve.controller")
 
@@ -67,7 +68,7 @@ class Controller:
         self.scale: dict[tuple[str, str], ScaleState] = {}
         self.unplaced: set[tuple[str, str]] = set()
         self.swept_at = 0.0
-        self.run_id: Optional[str] = None
+        self.run_id: str | None = None
         self.restoring_until = 0.0
 
     def reconcile(self) -> None:
@@ -135,7 +136,7 @@ class Controller:
         return live
 
     def _autoscale(self, app: str, dep: str, version: str, auto: dict[str, Any],
-                   saved: Optional[dict[str, Any]], load: dict[str, int], running: int) -> int:
+                   saved: dict[str, Any] | None, load: dict[str, int], running: int) -> int:
         """The autoscaler's target for this pass; saved to Redis when it changes."""
         key = (app, dep)
         lo, hi = int(auto["min_replicas"]), int(auto["max_replicas"])
@@ -156,7 +157,7 @@ class Controller:
 
     def _reconcile_deployment(self, app: str, dep: str, version: str, config: DeploymentConfig, target: int,
                               items: list[_Assigned], records: dict[str, dict[str, Any]],
-                              load: dict[str, int], capacity: dict[str, Optional[int]]) -> None:
+                              load: dict[str, int], capacity: dict[str, int | None]) -> None:
         """Bring the deployment to ``target`` replicas of ``version``.
 
         An upgrade rolls one replica at a time: start one of the new version; once it
@@ -172,7 +173,8 @@ class Controller:
         failed = any(r.get("version") == version and r.get("state") == "DEPLOY_FAILED" for r in records.values())
         running = sum(1 for i in current if records.get(i.replica_id, {}).get("state") == "RUNNING")
         if failed:
-            reg.mark_failed(app, dep, version, self.result_ttl_ms)
+            reg.mark_failed(app, dep, version, self.result_ttl_ms, DeploymentUnavailableError(
+                f"Deployment '{dep}' of application '{app}' failed to start."))
             wanted = len(current)
         else:
             wanted = min(target, running + 1) if old else target
@@ -235,7 +237,7 @@ def heartbeat_fresh(record: dict[str, Any]) -> bool:
     return float(record.get("heartbeat_age_s", NODE_DEAD_AFTER_S)) < NODE_DEAD_AFTER_S
 
 
-def _least_loaded(load: dict[str, int], capacity: dict[str, Optional[int]]) -> Optional[str]:
+def _least_loaded(load: dict[str, int], capacity: dict[str, int | None]) -> str | None:
     """The node with the fewest replicas among those below their ``--max-replicas``."""
     open_nodes = [n for n in load if capacity.get(n) is None or load[n] < int(capacity[n])]  # type: ignore[arg-type]
     return min(open_nodes, key=lambda n: (load[n], n), default=None)
@@ -254,7 +256,7 @@ class ControllerLoop:
     """
 
     def __init__(self, url: str, namespace: str, candidate: str, *, result_ttl_ms: int,
-                 heartbeat: Optional[Callable[[Registry], None]] = None) -> None:
+                 heartbeat: Callable[[Registry], None] | None = None) -> None:
         self.url, self.keys, self.candidate = url, Keys(namespace), candidate
         self.result_ttl_ms = result_ttl_ms
         self.heartbeat = heartbeat
@@ -262,7 +264,7 @@ class ControllerLoop:
         self.leading = False
         self.thread = threading.Thread(target=self._run, name="mqserve-controller", daemon=True)
 
-    def start(self) -> "ControllerLoop":
+    def start(self) -> ControllerLoop:
         self.thread.start()
         return self
 
@@ -275,8 +277,8 @@ class ControllerLoop:
         self.thread.join(timeout=10)
 
     def _run(self) -> None:
-        registry: Optional[Registry] = None
-        controller: Optional[Controller] = None
+        registry: Registry | None = None
+        controller: Controller | None = None
         while not self.stopped.is_set():
             try:
                 if registry is None:

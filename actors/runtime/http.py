@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import Mapping
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -163,7 +163,7 @@ class _Reply:
         self.status = 500
         self.headers: list[tuple[bytes, bytes]] = []
         self.parts: list[bytes] = []
-        self.writer: Optional[StreamWriter] = None
+        self.writer: StreamWriter | None = None
         self.done = False
 
     async def send(self, message: dict[str, Any]) -> None:

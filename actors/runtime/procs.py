@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -37,7 +38,7 @@ def on_stdin_eof(callback: Callable[[], None]) -> None:
     callback()
 
 
-def stop_process(proc: "subprocess.Popen[Any]", timeout_s: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout_s``; always reaps the process."""
     if proc.poll() is None:
         proc.terminate()
@@ -48,7 +49,7 @@ def stop_process(proc: "subprocess.Popen[Any]", timeout_s: float = 10.0) -> None
             proc.wait()
 
 
-def stop_all(procs: "list[subprocess.Popen[Any]]", timeout_s: float = 30.0) -> None:
+def stop_all(procs: list[subprocess.Popen[Any]], timeout_s: float = 30.0) -> None:
     """SIGTERM every process at once, then SIGKILL those still running after ``timeout_s``."""
     import time
 
