@@ -10,6 +10,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from .exceptions import ServeException
+
 #: Requests one replica runs at once (Ray Serve's default since 2.32).
 DEFAULT_MAX_ONGOING_REQUESTS = 5
 #: Requests that may wait in a deployment's queue; -1 means unlimited.
@@ -39,7 +41,7 @@ _AUTOSCALING_DEFAULTS: dict[str, Any] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(ServeException, ValueError):
     """An option has a value mqserve cannot use; the message says which and why."""
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from broker.errors import MQServeError
+
 __all__ = [
+    "MQServeError",
     "RayServeException",
     "ServeException",
     "BackPressureError",
@@ -21,8 +24,9 @@ __all__ = [
 ]
 
 
-class ServeException(Exception):
-    """Root of mqserve's own errors."""
+class ServeException(MQServeError):
+    """Root of the errors of mqserve's Ray-compatible API (under :class:`MQServeError`,
+    the root of all mqserve's own errors)."""
 
 
 #: Ray Serve's name for the root, so ported ``except`` clauses keep working.

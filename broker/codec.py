@@ -29,6 +29,7 @@ from typing import Any
 import cloudpickle
 
 from . import clock
+from .errors import ForgedMessageError
 
 #: Name of the Dramatiq actor every replica declares; all requests go to it.
 REQUEST_ACTOR = "mqserve_request"
@@ -44,11 +45,6 @@ _ERR = b"e"
 #: Marks a sealed blob; no pickle starts with a NUL byte.
 _SEAL = b"\x00mq1"
 _MAC_LEN = 32
-
-
-class ForgedMessageError(ValueError):
-    """A blob read from Redis is unsigned, or its signature does not match
-    ``MQSERVE_SECRET``: it was not written by an mqserve process holding the secret."""
 
 
 def _secret() -> bytes | None:

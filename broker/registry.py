@@ -21,16 +21,13 @@ from typing import Any
 import redis
 
 from . import clock, codec, epoch, scripts
+from .errors import RouteConflictError
 from .keys import Keys
 
 logger = logging.getLogger("mqserve.registry")
 
 #: Seconds a follower of the events channel waits before subscribing again after an error.
 RESUBSCRIBE_S = 1.0
-
-
-class RouteConflictError(ValueError):
-    """Another application already serves this route prefix."""
 
 
 class Registry:

@@ -15,10 +15,10 @@ import traceback
 from typing import Any
 
 from ..config import ConfigError, Settings
-from ..exceptions import deleted_error
+from ..exceptions import ServeException, deleted_error
 
 
-class CLIError(Exception):
+class CLIError(ServeException):
     """A user mistake: printed as one paragraph, exit status 1."""
 
 

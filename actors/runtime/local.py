@@ -16,10 +16,11 @@ import threading
 import uuid
 from typing import IO
 
+from ..exceptions import ServeException
 from .procs import child_preexec, stop_process
 
 
-class LocalSetupError(RuntimeError):
+class LocalSetupError(ServeException, RuntimeError):
     """A local process (Redis or the node) could not be started; the message says why."""
 
 

@@ -57,3 +57,26 @@ def test_every_public_exception_is_exported() -> None:
               and value.__module__ == module.__name__ and name != "RemoteError"}
     assert public <= set(module.__all__)
     assert "RequestLostError" in module.__all__
+
+
+def test_every_error_mqserve_raises_has_one_root() -> None:
+    """One ``except MQServeError`` catches every error of mqserve's own, from any layer."""
+    import importlib
+    import pkgutil
+
+    import actors
+    import broker
+    import gateway
+    from actors.exceptions import MQServeError
+
+    own = []
+    for package in (actors, broker, gateway):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            own += [value for value in vars(module).values()
+                    if isinstance(value, type) and issubclass(value, Exception)
+                    and value.__module__ == module.__name__]
+    assert len(own) >= 10
+    assert [cls.__qualname__ for cls in own if not issubclass(cls, MQServeError)] == []
