@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import threading
 import time
-import weakref
 from typing import Any
 
 from broker import codec, streams
 from broker.keys import Keys
 
 from .exceptions import RequestCancelledError, ServeException, rebuild_remote_error
+from .runtime import bridge
 from .runtime.caller import DETACHED, CallClient, get_client
 
 __all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]
@@ -172,7 +171,7 @@ class DeploymentResponse:
         ``RequestCancelledError`` if the call was cancelled. Inside an event loop use
         ``await response`` instead: blocking there stalls every other request.
         """
-        if not _skip_asyncio_check and _in_event_loop():
+        if not _skip_asyncio_check and bridge.running_loop() is not None:
             raise RuntimeError(
                 "Sync methods should not be called from within an asyncio event loop. "
                 "Use `await response` instead of `response.result()`.")
@@ -205,9 +204,9 @@ class DeploymentResponse:
         if self._future.cancelled():
             raise RequestCancelledError(f"Request {self._req_id} was cancelled.")
         try:
-            outcome = await wait_on_loop(self._future)
+            outcome = await bridge.wait(self._future)
             if outcome == DETACHED:
-                outcome = await wait_on_loop(self._client.watch(self._req_id, own=True))
+                outcome = await bridge.wait(self._client.watch(self._req_id, own=True))
         except asyncio.CancelledError:
             if self._future.cancelled():
                 raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
@@ -315,7 +314,7 @@ class DeploymentResponseGenerator:
         return self
 
     def __next__(self) -> Any:
-        if _in_event_loop():
+        if bridge.running_loop() is not None:
             raise RuntimeError("Use `async for` on a DeploymentResponseGenerator inside an event loop; "
                                "`for` would block it.")
         if self._sync is None:
@@ -328,7 +327,7 @@ class DeploymentResponseGenerator:
 
     async def __anext__(self) -> Any:
         if self._async is None:
-            await wait_on_loop(self._queued)
+            await bridge.wait(self._queued)
             self._async = _aread_items(self._state)
         return await self._async.__anext__()
 
@@ -353,72 +352,6 @@ class DeploymentResponseGenerator:
     def __reduce__(self) -> Any:
         raise ServeException("A DeploymentResponseGenerator cannot be passed to another call; "
                              "iterate it and pass the items.")
-
-
-class _LoopBridge:
-    """Hands results to one event loop: directly when the loop's own listener resolved
-    them, else from another thread with one wake-up per batch (``asyncio.wrap_future``
-    wakes the loop, a self-pipe write, once per future)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.lock = threading.Lock()
-        self.ready: list[tuple[asyncio.Future[bytes], concurrent.futures.Future[bytes]]] = []
-
-    def post(self, target: asyncio.Future[bytes], source: concurrent.futures.Future[bytes]) -> None:
-        if asyncio._get_running_loop() is self.loop:  # resolved by this loop's own listener
-            _copy_state(target, source)
-            return
-        with self.lock:
-            self.ready.append((target, source))
-            first = len(self.ready) == 1
-        if first:
-            try:
-                self.loop.call_soon_threadsafe(self._flush)
-            except RuntimeError:  # the loop was closed meanwhile
-                pass
-
-    def _flush(self) -> None:
-        with self.lock:
-            ready, self.ready = self.ready, []
-        for target, source in ready:
-            _copy_state(target, source)
-
-
-def _copy_state(target: asyncio.Future[bytes], source: concurrent.futures.Future[bytes]) -> None:
-    if target.done():
-        return
-    if source.cancelled():
-        target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())  # type: ignore[arg-type]
-    else:
-        target.set_result(source.result())
-
-
-_bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
-
-
-async def wait_on_loop(source: concurrent.futures.Future[bytes]) -> bytes:
-    """Await a client future (as ``asyncio.wrap_future`` does) without a loop wake-up per
-    future; the gateway uses it too."""
-    if source.done():
-        return source.result()
-    loop = asyncio.get_running_loop()
-    bridge = _bridges.get(loop)
-    if bridge is None:
-        bridge = _bridges[loop] = _LoopBridge(loop)
-    target: asyncio.Future[bytes] = loop.create_future()
-    source.add_done_callback(lambda src: bridge.post(target, src))
-    return await target
-
-
-def _in_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _embedded_outcome(outcome: bytes) -> Any:

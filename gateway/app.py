@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as StarletteRoute
 
 from actors.exceptions import BackPressureError, DeploymentUnavailableError
-from actors.handle import wait_on_loop
+from actors.runtime import bridge
 from actors.runtime.caller import CallClient, get_client
 from actors.runtime.controller import ControllerLoop
 from actors.status import collect_status
@@ -73,12 +73,12 @@ class Gateway:
 
     # Routes ----------------------------------------------------------------------------
     async def reload(self) -> None:
-        self.routes = RouteTable(await asyncio.to_thread(self.registry.apps))
+        self.routes = RouteTable(await bridge.run_sync(self.registry.apps))
 
     def _watch_events(self, loop: asyncio.AbstractEventLoop) -> None:
         """Reload the routes whenever an app changes, and every :data:`ROUTE_RELOAD_S`
         (a thread: pub/sub blocks)."""
-        self.registry.follow(lambda _: asyncio.run_coroutine_threadsafe(self.reload(), loop), self.stopped,
+        self.registry.follow(lambda _: bridge.submit(loop, self.reload()), self.stopped,
                              every_s=ROUTE_RELOAD_S, what="route changes")
 
     @asynccontextmanager
@@ -94,9 +94,9 @@ class Gateway:
                                     heartbeat=lambda reg: reg.register_gateway(self.gateway_id, record)).start()
         yield
         self.stopped.set()
-        await asyncio.to_thread(controller.stop)
+        await bridge.run_sync(controller.stop)
         try:
-            await asyncio.to_thread(self.registry.remove_gateway, self.gateway_id)
+            await bridge.run_sync(self.registry.remove_gateway, self.gateway_id)
         except Exception:
             pass  # Redis may be gone already
 
@@ -108,7 +108,7 @@ class Gateway:
         return JSONResponse(self.routes.as_dict())
 
     async def metrics_text(self, request: Request) -> Response:
-        status = await asyncio.to_thread(collect_status, self.registry)
+        status = await bridge.run_sync(collect_status, self.registry)
         rows = [(app, name, dep.queued_requests, dep.ongoing_requests)
                 for app, overview in status.applications.items() for name, dep in overview.deployments.items()]
         return PlainTextResponse(self.metrics.render(rows), media_type="text/plain; version=0.0.4")
@@ -148,7 +148,7 @@ class Gateway:
                                        reply_to=self.client.reply_inbox(), http=True)
         future = self.client.submit(route.app, route.ingress, req_id, message)
         try:
-            outcome = await asyncio.wait_for(wait_on_loop(future), self.timeout_s)
+            outcome = await asyncio.wait_for(bridge.wait(future), self.timeout_s)
         except asyncio.TimeoutError:
             self.client.cancel(route.app, route.ingress, req_id, message)
             return await _send_text(send, 408, f"Request timed out after {self.timeout_s} s.")

@@ -42,6 +42,8 @@ from broker.codec import REQUEST_ID_LEN, new_request_id
 from broker.connection import connect, connect_async
 from broker.keys import Keys
 
+from . import bridge
+
 logger = logging.getLogger(__name__)
 
 #: Seconds a listener waits before retrying after losing Redis.
@@ -92,7 +94,7 @@ class CallClient:
     # Public ---------------------------------------------------------------------------
     def reply_inbox(self) -> str:
         """The inbox replies to a call made here should go to (this loop's, or the threads')."""
-        loop = _running_loop()
+        loop = bridge.running_loop()
         return self.inbox if loop is None else self._channel(loop).inbox
 
     def submit(self, app: str, dep: str, req_id: str, message: bytes,
@@ -214,7 +216,7 @@ class CallClient:
 
     def end_stream(self, req_id: str, *, cancel: bool) -> None:
         """Delete a stream after reading it; ``cancel`` asks its writer to stop first."""
-        loop = _running_loop()
+        loop = bridge.running_loop()
         if loop is None:
             streams.stop_reading(self._redis, self.keys, req_id, cancel=cancel, ttl_ms=self.result_ttl_ms)
         else:
@@ -261,7 +263,7 @@ class CallClient:
         """Run ``add``'s commands and pass the result to ``done``. ``outlive_loop``: the
         command must be sent even if the calling event loop closes right away (a
         cancellation as ``asyncio.run`` ends), so it goes through a thread instead."""
-        loop = _running_loop()
+        loop = bridge.running_loop()
         if loop is not None:
             # Never block an event loop on Redis.
             if outlive_loop:
@@ -423,20 +425,16 @@ class _LoopChannel:
         self.loop = loop
         self.inbox = client.keys.inbox(new_request_id())
         self.redis = connect_async(client.url, client_name=client.client_name)
-        self.pending: list[tuple[_Add, _Done]] = []
+        self.pending: bridge.StepBatch[tuple[_Add, _Done]] = bridge.StepBatch(loop, self._flush)
         self.stopped = False
         self.listener = loop.create_task(self._listen())
 
     def post(self, add: _Add, done: _Done) -> None:
         """Queue an op; everything posted during this loop step is sent as one pipeline."""
-        self.pending.append((add, done))
-        if len(self.pending) == 1:
-            self.loop.call_soon(self._flush)
+        self.pending.post((add, done))
 
-    def _flush(self) -> None:
-        ops, self.pending = self.pending, []
-        if ops:
-            self.loop.create_task(self._execute(ops))
+    def _flush(self, ops: list[tuple[_Add, _Done]]) -> None:
+        self.loop.create_task(self._execute(ops))
 
     async def _execute(self, ops: list[tuple[_Add, _Done]]) -> None:
         batch = scripts.Batch()
@@ -517,13 +515,6 @@ def _refusal(code: int, app: str, dep: str, req_id: str) -> Exception:
     return DeploymentUnavailableError(
         f"Deployment '{dep}' of application '{app}' is not running (deleted or never "
         "started). Deploy it with serve.run() before calling it.")
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 _clients: dict[tuple[int, str, str, int], CallClient] = {}

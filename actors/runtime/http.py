@@ -26,6 +26,8 @@ from broker import codec
 from broker.queue import STREAMED
 from broker.streams import StreamWriter
 
+from . import bridge
+
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
@@ -110,7 +112,7 @@ def call_as_asgi(method: Callable[..., Any]) -> ASGIApp:
         if inspect.iscoroutinefunction(method):
             result = await method(*args)
         else:
-            result = await asyncio.get_running_loop().run_in_executor(None, method, *args)
+            result = await bridge.run_sync(method, *args)
             if inspect.isawaitable(result):
                 result = await result
         await to_response(result)(scope, receive, send)
@@ -193,7 +195,7 @@ class _Reply:
             return codec.encode_value(("http", self.status, self.headers, b"".join(self.parts)))
         if not self.done:  # the app returned without finishing its body
             self.writer.finish()
-        await asyncio.wrap_future(self.writer.done)
+        await bridge.wait(self.writer.done)
         return STREAMED
 
 
@@ -218,7 +220,7 @@ async def serve(app: ASGIApp, snapshot: dict[str, Any], open_stream: Callable[[]
     except Exception as e:
         if reply.writer is not None:  # the head went out already: end the stream with the error
             reply.writer.finish(codec.encode_error(e))
-            await asyncio.wrap_future(reply.writer.done)
+            await bridge.wait(reply.writer.done)
             return STREAMED
         raise
     return await reply.outcome()

@@ -43,7 +43,7 @@ from ..batching import batch_capacity
 from ..config import DeploymentConfig, user_config_tag
 from ..exceptions import RequestCancelledError
 from ..handle import load_call_args
-from . import http
+from . import bridge, http
 from .caller import close_clients, get_client
 from .cancellation import Cancellations
 from .procs import on_stdin_eof
@@ -140,7 +140,7 @@ class Replica:
         threading.Thread(target=self._follow_events, name="mqserve-events", daemon=True).start()
         check = None if self.is_function else getattr(self.target, "check_health", None)
         if callable(check) and config.health_check_period_s > 0 and self.loop_thread is not None:
-            asyncio.run_coroutine_threadsafe(self._watch_health(check, config), self.loop_thread.loop)
+            bridge.submit(self.loop_thread.loop, self._watch_health(check, config))
         logger.info("replica %s of %s/%s is serving", self.replica_id, self.app, self.deployment)
         self.stop_requested.wait()
         broker.draining.set()  # before STOPPING is visible: a deploy waiting on it may return
@@ -158,7 +158,7 @@ class Replica:
         close_clients()
         if self.loop_thread is not None:
             try:
-                asyncio.run_coroutine_threadsafe(self._quiesce(), self.loop_thread.loop).result(timeout=5)
+                bridge.submit(self.loop_thread.loop, self._quiesce()).result(timeout=5)
             except Exception as e:
                 logger.info("event loop did not wind down cleanly: %s", e)
             self.loop_thread.stop()
@@ -224,7 +224,7 @@ class Replica:
                 if inspect.iscoroutinefunction(check):
                     await asyncio.wait_for(check(), config.health_check_timeout_s)
                 else:
-                    await asyncio.wait_for(asyncio.to_thread(check), config.health_check_timeout_s)
+                    await asyncio.wait_for(bridge.run_sync(check), config.health_check_timeout_s)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -235,7 +235,7 @@ class Replica:
                 if failures >= UNHEALTHY_AFTER:
                     message = f"check_health {reason} {failures} times in a row; replacing this replica"
                     self.unhealthy = True
-                    await asyncio.to_thread(self._record, "UNHEALTHY", message=message)
+                    await bridge.run_sync(self._record, "UNHEALTHY", message=message)
                     self.stop_requested.set()
                     return
 
@@ -342,7 +342,7 @@ class Replica:
             writer.on_cancel = lambda: task_box[0].cancel()
             return writer
 
-        task = asyncio.run_coroutine_threadsafe(http.serve(app, snapshot, open_stream), self.loop_thread.loop)
+        task = bridge.submit(self.loop_thread.loop, http.serve(app, snapshot, open_stream))
         task_box.append(task)
         outcome: concurrent.futures.Future[bytes] = concurrent.futures.Future()
 
@@ -379,7 +379,7 @@ class Replica:
                 logger.error("deployment '%s' raised", self.deployment, exc_info=e)
                 outcome.set_result(codec.encode_error(e))
 
-        task = asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop_thread.loop)
+        task = bridge.submit(self.loop_thread.loop, _as_coroutine(awaitable))
         self.cancels.start(self.current.req_id, task)
         task.add_done_callback(done)
         return outcome

@@ -20,6 +20,8 @@ from broker import codec
 from broker.queue import STREAMED
 from broker.streams import StreamWriter
 
+from . import bridge
+
 logger = logging.getLogger("mqserve.replica")
 
 
@@ -34,7 +36,7 @@ def drive(result: Any, writer: StreamWriter, loop: asyncio.AbstractEventLoop, wh
     :data:`STREAMED` once the stream is complete. Runs sync generators here (blocking)."""
     if inspect.isasyncgen(result):
         outcome: concurrent.futures.Future[bytes] = concurrent.futures.Future()
-        task = asyncio.run_coroutine_threadsafe(_pump_async(result, writer, to_item), loop)
+        task = bridge.submit(loop, _pump_async(result, writer, to_item))
         writer.on_cancel = task.cancel
         task.add_done_callback(lambda _: _chain(writer, outcome))
         return outcome
