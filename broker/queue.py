@@ -44,15 +44,15 @@ STREAMED = b""
 class _Proxy(MessageProxy):
     """A message plus the exact bytes it was queued as (needed to remove it by value).
 
-    The actor sets ``outcome`` (the encoded result), or ``deferred``: a future of the
-    outcome, for work that continues on the event loop after the actor returned.
+    The actor sets ``outcome``: the future of the request's encoded outcome, resolved
+    already for work done on the worker thread, later for work that continues on an
+    event loop after the actor returned.
     """
 
     def __init__(self, message: dramatiq.Message, raw: bytes) -> None:
         super().__init__(message)
         self.raw = raw
-        self.outcome: bytes | None = None
-        self.deferred: Future[bytes] | None = None
+        self.outcome: Future[bytes] | None = None
 
 
 class ServeBroker(dramatiq.Broker):
@@ -234,13 +234,18 @@ class _BlockingConsumer(Consumer):
     def _finish(self, message: Any) -> None:
         """Write the outcome, notify waiters and drop the message from processing: one script.
 
-        Deferred work keeps its slot until its future resolves; the completer thread
-        then writes its outcome, batched with others, so no worker thread waits on it.
+        Work still running keeps its slot until its outcome resolves; the completer then
+        writes it, batched with others, so no worker thread waits on it.
         """
-        if message.deferred is not None:
-            message.deferred.add_done_callback(lambda fut: self.completer.post(message, fut.result()))
+        future = message.outcome
+        if future is None:  # the actor itself failed: answer rather than leave the caller waiting
+            error = message._exception or RuntimeError("the request failed inside mqserve")
+            outcome = codec.encode_error(error)
+        elif not future.done():
+            future.add_done_callback(lambda fut: self.completer.post(message, fut.result()))
             return
-        outcome = message.outcome if message.outcome is not None else codec.encode_value(None)
+        else:
+            outcome = future.result()
         batch = scripts.Batch()
         self._complete(batch, message, outcome)
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import inspect
 import json
 import linecache
@@ -35,19 +34,16 @@ from dramatiq.middleware import CurrentMessage
 from broker import clock, codec
 from broker.connection import connect, connect_async
 from broker.keys import Keys
-from broker.queue import STREAMED, ServeBroker
+from broker.queue import ServeBroker
 from broker.registry import Registry
-from broker.streams import StreamWriter
 
 from ..batching import batch_capacity
 from ..config import DeploymentConfig, user_config_tag
-from ..exceptions import RequestCancelledError
-from ..handle import load_call_args
-from . import bridge, http
-from .caller import close_clients, get_client
+from . import bridge
+from .caller import close_clients
 from .cancellation import Cancellations
 from .procs import on_stdin_eof
-from .streaming import drive
+from .requests import Requests
 
 logger = logging.getLogger("mqserve.replica")
 
@@ -57,35 +53,6 @@ UNHEALTHY_AFTER = 3
 DATA_CHECK_S = 1.0
 #: Milliseconds a Dramatiq consumer or worker thread blocks before checking for shutdown.
 WORKER_TIMEOUT_MS = 1000
-
-
-class _Outcomes(dramatiq.Middleware):
-    """Turns what the user code returned or raised into the outcome bytes the ack writes.
-
-    The outcome is written by the consumer's ack, in the same Redis round trip that
-    removes the message from the processing list. The actor leaves the user's return
-    value on the message and returns None, because Dramatiq discards (with a warning
-    per call) return values unless its own Results backend is installed.
-    """
-
-    def __init__(self, deployment: str) -> None:
-        self.deployment = deployment
-
-    def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
-                              exception: BaseException | None = None) -> None:
-        if exception is not None:
-            message.outcome = codec.encode_error(exception)
-        elif message.deferred is None:
-            message.outcome = self.encode(getattr(message, "return_value", None))
-
-    def encode(self, result: Any) -> bytes:
-        try:
-            return codec.encode_value(result)
-        except Exception as e:
-            return codec.encode_error(TypeError(
-                f"Deployment '{self.deployment}' returned a value that cannot be pickled "
-                f"({type(result).__name__}): {e}"))
-
 
 
 class Replica:
@@ -103,8 +70,6 @@ class Replica:
         self.is_function = False
         self.user_config_tag = ""
         self.cancels = Cancellations()
-        self.current = threading.local()
-        self.ingress: http.ASGIApp | None = None
         #: Set when check_health failed: the record keeps saying UNHEALTHY while it stops.
         self.unhealthy = False
 
@@ -262,17 +227,6 @@ class Replica:
         else:
             self.target, self.is_function = func_or_class, True
 
-    def _method(self, name: str) -> Callable[..., Any]:
-        if self.is_function:
-            if name != "__call__":
-                raise AttributeError(f"Function deployment '{self.deployment}' has no method '{name}'; "
-                                     "call the handle itself.")
-            return self.target  # type: ignore[no-any-return]
-        method = getattr(self.target, name, None)
-        if method is None or not callable(method):
-            raise AttributeError(f"Deployment '{self.deployment}' has no method '{name}'.")
-        return method  # type: ignore[no-any-return]
-
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run user code to the end, here (constructor-time calls such as reconfigure)."""
         assert self.loop_thread is not None
@@ -281,115 +235,20 @@ class Replica:
             return self.loop_thread.run_coroutine(result)
         return result
 
-    def _handle_request(self, method: str, payload: bytes, refs: tuple[str, ...]) -> None:
-        """The Dramatiq actor: sync user code runs on this worker thread; async user code is
-        handed to the event loop and its outcome written when it finishes, so this thread
-        (and Dramatiq) is free for the next message meanwhile."""
+    def _handle_request(self, *_args: Any) -> None:
+        """The Dramatiq actor: hands the message to :class:`Requests`, and the future of
+        its outcome to the consumer's ack, which writes it once resolved."""
         message: Any = CurrentMessage.get_current_message()
-        self.current.req_id = message.message_id
-        if message.options.get("http"):
-            message.deferred = self._http(message, payload)
-            return
-        if message.options.get("stream"):
-            message.deferred = self._stream(message, method, payload, refs)
-            return
-        self._refuse_if_cancelled(message.message_id)
-        client = get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
-        args, kwargs = load_call_args(client, payload, refs)
-        self._refuse_if_cancelled(message.message_id)  # while it waited for its arguments
-        result = self._method(method)(*args, **kwargs)
-        if inspect.isawaitable(result):
-            message.deferred = self._on_loop(result)
-        else:
-            message.return_value = result
-
-    def _refuse_if_cancelled(self, req_id: str) -> None:
-        if self.cancels.cancelled(req_id):
-            raise RequestCancelledError(f"Request {req_id} was cancelled before it started.")
-
-    def _writer(self, message: Any) -> StreamWriter:
-        assert self.loop_thread is not None
-        return StreamWriter(self.aio, self.keys, message.message_id, self.loop_thread.loop, self.result_ttl_ms,
-                            inbox=message.options.get("reply_to", ""))
-
-    def _stream(self, message: Any, method: str, payload: bytes,
-                refs: tuple[str, ...]) -> concurrent.futures.Future[bytes]:
-        """A generator call: its items, or its error, go to the request's stream."""
-        assert self.loop_thread is not None
-        writer = self._writer(message)
-        what = f"Method '{method}' of deployment '{self.deployment}'"
-        try:
-            client = get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
-            args, kwargs = load_call_args(client, payload, refs)
-            return drive(self._method(method)(*args, **kwargs), writer, self.loop_thread.loop, what)
-        except Exception as e:
-            logger.error("%s failed", what, exc_info=e)
-            writer.finish(codec.encode_error(e))
-            writer.done.result()
-            done: concurrent.futures.Future[bytes] = concurrent.futures.Future()
-            done.set_result(STREAMED)
-            return done
-
-    def _http(self, message: Any, payload: bytes) -> concurrent.futures.Future[bytes]:
-        """An HTTP request from the gateway, run through the ingress on the event loop."""
-        assert self.loop_thread is not None
-        (snapshot,), _ = codec.decode_args(payload)
-        app = self._asgi_app()
-        task_box: list[Any] = []
-
-        def open_stream() -> StreamWriter:
-            writer = self._writer(message)
-            writer.on_cancel = lambda: task_box[0].cancel()
-            return writer
-
-        task = bridge.submit(self.loop_thread.loop, http.serve(app, snapshot, open_stream))
-        task_box.append(task)
-        outcome: concurrent.futures.Future[bytes] = concurrent.futures.Future()
-
-        def done(t: concurrent.futures.Future[bytes]) -> None:
-            try:
-                outcome.set_result(t.result())
-            except BaseException as e:
-                logger.error("HTTP request to deployment '%s' failed", self.deployment, exc_info=e)
-                outcome.set_result(codec.encode_error(e))
-
-        task.add_done_callback(done)
-        return outcome
-
-    def _asgi_app(self) -> http.ASGIApp:
-        if self.ingress is None:
-            ingress = getattr(type(self.target), "_mq_ingress_app", None)
-            if ingress is not None and not self.is_function:
-                self.ingress = http.bind_ingress(ingress, type(self.target), self.target)
-            else:
-                self.ingress = http.call_as_asgi(self._method("__call__"))
-        return self.ingress
-
-    def _on_loop(self, awaitable: Any) -> concurrent.futures.Future[bytes]:
-        assert self.loop_thread is not None
-        outcome: concurrent.futures.Future[bytes] = concurrent.futures.Future()
-
-        def done(task: concurrent.futures.Future[Any]) -> None:
-            if task.cancelled():
-                outcome.set_result(codec.encode_error(RequestCancelledError("the caller cancelled the request")))
-                return
-            try:
-                outcome.set_result(self.outcomes.encode(task.result()))
-            except BaseException as e:
-                logger.error("deployment '%s' raised", self.deployment, exc_info=e)
-                outcome.set_result(codec.encode_error(e))
-
-        task = bridge.submit(self.loop_thread.loop, _as_coroutine(awaitable))
-        self.cancels.start(self.current.req_id, task)
-        task.add_done_callback(done)
-        return outcome
+        message.outcome = self.requests.run(message)
 
     def _start_worker(self, config: DeploymentConfig) -> tuple[dramatiq.Worker, ServeBroker]:
-        self.outcomes = _Outcomes(self.deployment)
+        assert self.loop_thread is not None
+        self.requests = Requests(target=self.target, is_function=self.is_function, deployment=self.deployment,
+                                 url=self.url, keys=self.keys, result_ttl_ms=self.result_ttl_ms,
+                                 loop=self.loop_thread.loop, aio=self.aio, cancels=self.cancels)
         broker = ServeBroker(self.url, self.keys, queue_key=self.keys.queue(self.app, self.deployment),
                              processing_key=self.keys.processing(self.replica_id),
-                             result_ttl_ms=self.result_ttl_ms,
-                             middleware=[CurrentMessage(), self.outcomes])
+                             result_ttl_ms=self.result_ttl_ms, middleware=[CurrentMessage()])
         dramatiq.Actor(self._handle_request, broker=broker, actor_name=codec.REQUEST_ACTOR,
                        queue_name=codec.REQUEST_QUEUE, priority=0, options={})
         concurrency = config.max_ongoing_requests
@@ -408,10 +267,6 @@ def remember_sources(sources: dict[str, str]) -> None:
     of it. (An entry without mtime is never re-read from disk by ``linecache``.)"""
     for path, text in sources.items():
         linecache.cache[path] = (len(text), None, text.splitlines(keepends=True), path)
-
-
-async def _as_coroutine(awaitable: Any) -> Any:
-    return await awaitable
 
 
 #: Python's GIL switch interval in replicas, in seconds (the default is 5 ms). User code

@@ -1,0 +1,176 @@
+"""Where a request runs on a replica: one path from a taken message to its outcome.
+
+:meth:`Requests.run` is given each message the replica's consumer took (on a Dramatiq
+worker thread, the replica's thread pool) and returns the future of the request's
+outcome bytes, which the consumer's ack writes (``complete.lua``). It never raises:
+whatever the user code returns or raises becomes the outcome.
+
+- A unary call resolves its chained arguments, then runs the method: a sync one here
+  on the worker thread, an async one on the replica's event loop (the thread is free
+  again at once).
+- A streamed call drives its generator into the request's stream (``streaming``).
+- An HTTP request runs through the ingress on the loop (``http``).
+
+Requests cancelled before they start never run (``cancellation``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import dramatiq
+
+from broker import codec
+from broker.keys import Keys
+from broker.queue import STREAMED
+from broker.streams import StreamWriter
+
+from ..exceptions import RequestCancelledError
+from ..handle import load_call_args
+from . import bridge, http
+from .caller import get_client
+from .cancellation import Cancellations
+from .streaming import drive
+
+logger = logging.getLogger("mqserve.replica")
+
+Outcome = concurrent.futures.Future[bytes]
+
+
+class Requests:
+    """Runs the requests of one replica: its user object, its loop, its cancellations."""
+
+    def __init__(self, *, target: Any, is_function: bool, deployment: str, url: str, keys: Keys,
+                 result_ttl_ms: int, loop: asyncio.AbstractEventLoop, aio: Any, cancels: Cancellations) -> None:
+        self.target, self.is_function, self.deployment = target, is_function, deployment
+        self.url, self.keys, self.result_ttl_ms = url, keys, result_ttl_ms
+        self.loop, self.aio, self.cancels = loop, aio, cancels
+        self._ingress: http.ASGIApp | None = None
+
+    def run(self, message: dramatiq.Message[Any]) -> Outcome:
+        """The future outcome of one taken request (already resolved for sync work)."""
+        method, payload, refs = message.args
+        try:
+            if message.options.get("http"):
+                return self._http(message, payload)
+            if message.options.get("stream"):
+                return self._stream(message, method, payload, tuple(refs))
+            return self._unary(message.message_id, method, payload, tuple(refs))
+        except RequestCancelledError as e:
+            return _resolved(codec.encode_error(e))
+        except Exception as e:
+            logger.error("deployment '%s' raised", self.deployment, exc_info=e)
+            return _resolved(codec.encode_error(e))
+
+    def _unary(self, req_id: str, method: str, payload: bytes, refs: tuple[str, ...]) -> Outcome:
+        self._refuse_if_cancelled(req_id)
+        args, kwargs = load_call_args(get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms),
+                                      payload, refs)
+        self._refuse_if_cancelled(req_id)  # while it waited for its arguments
+        result = self._method(method)(*args, **kwargs)
+        if inspect.isawaitable(result):
+            return self._on_loop(req_id, _awaited(result), self.encode)
+        return _resolved(self.encode(result))
+
+    def _stream(self, message: dramatiq.Message[Any], method: str, payload: bytes, refs: tuple[str, ...]) -> Outcome:
+        """A generator call: its items, or its error, go to the request's stream."""
+        writer = self._writer(message)
+        what = f"Method '{method}' of deployment '{self.deployment}'"
+        try:
+            args, kwargs = load_call_args(get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms),
+                                          payload, refs)
+            return drive(self._method(method)(*args, **kwargs), writer, self.loop, what)
+        except Exception as e:
+            logger.error("%s failed", what, exc_info=e)
+            writer.finish(codec.encode_error(e))
+            writer.done.result()
+            return _resolved(STREAMED)
+
+    def _http(self, message: dramatiq.Message[Any], payload: bytes) -> Outcome:
+        """An HTTP request from the gateway, run through the ingress on the event loop; a
+        streamed response opens the request's stream when its first piece comes."""
+        (snapshot,), _ = codec.decode_args(payload)
+        task: list[concurrent.futures.Future[bytes]] = []
+
+        def open_stream() -> StreamWriter:
+            writer = self._writer(message)
+            writer.on_cancel = lambda: task[0].cancel()
+            return writer
+
+        return self._on_loop(message.message_id, http.serve(self._asgi_app(), snapshot, open_stream),
+                             lambda raw: raw, started=task.append)
+
+    def _on_loop(self, req_id: str, coro: Coroutine[Any, Any, Any], encode: Callable[[Any], bytes], *,
+                 started: Callable[[concurrent.futures.Future[Any]], None] | None = None) -> Outcome:
+        """Run ``coro`` on the loop; its outcome: ``encode(result)``, its error, or a
+        cancellation (the caller cancelled it)."""
+        outcome: Outcome = concurrent.futures.Future()
+
+        def done(task: concurrent.futures.Future[Any]) -> None:
+            if task.cancelled():
+                outcome.set_result(codec.encode_error(RequestCancelledError("the caller cancelled the request")))
+                return
+            try:
+                outcome.set_result(encode(task.result()))
+            except BaseException as e:
+                logger.error("deployment '%s' raised", self.deployment, exc_info=e)
+                outcome.set_result(codec.encode_error(e))
+
+        task = bridge.submit(self.loop, coro)
+        if started is not None:
+            started(task)
+        self.cancels.start(req_id, task)
+        task.add_done_callback(done)
+        return outcome
+
+    def encode(self, result: Any) -> bytes:
+        """The outcome of a return value; an error if it cannot travel."""
+        try:
+            return codec.encode_value(result)
+        except Exception as e:
+            return codec.encode_error(TypeError(
+                f"Deployment '{self.deployment}' returned a value that cannot be pickled "
+                f"({type(result).__name__}): {e}"))
+
+    def _refuse_if_cancelled(self, req_id: str) -> None:
+        if self.cancels.cancelled(req_id):
+            raise RequestCancelledError(f"Request {req_id} was cancelled before it started.")
+
+    def _method(self, name: str) -> Callable[..., Any]:
+        if self.is_function:
+            if name != "__call__":
+                raise AttributeError(f"Function deployment '{self.deployment}' has no method '{name}'; "
+                                     "call the handle itself.")
+            return self.target  # type: ignore[no-any-return]
+        method = getattr(self.target, name, None)
+        if method is None or not callable(method):
+            raise AttributeError(f"Deployment '{self.deployment}' has no method '{name}'.")
+        return method  # type: ignore[no-any-return]
+
+    def _writer(self, message: dramatiq.Message[Any]) -> StreamWriter:
+        return StreamWriter(self.aio, self.keys, message.message_id, self.loop, self.result_ttl_ms,
+                            inbox=message.options.get("reply_to", ""))
+
+    def _asgi_app(self) -> http.ASGIApp:
+        if self._ingress is None:
+            ingress = getattr(type(self.target), "_mq_ingress_app", None)
+            if ingress is not None and not self.is_function:
+                self._ingress = http.bind_ingress(ingress, type(self.target), self.target)
+            else:
+                self._ingress = http.call_as_asgi(self._method("__call__"))
+        return self._ingress
+
+
+def _resolved(outcome: bytes) -> Outcome:
+    future: Outcome = concurrent.futures.Future()
+    future.set_result(outcome)
+    return future
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
