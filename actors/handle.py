@@ -109,7 +109,7 @@ class DeploymentHandle:
                                            refs=tuple(refs), stream=True)
             future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
                                    expect_reply=False)
-            return DeploymentResponseGenerator(client, self._deployment_name, req_id, future)  # type: ignore[return-value]
+            return DeploymentResponseGenerator(client, self._deployment_name, req_id, future)  # type: ignore[return-value]  # stream=True; remote() is typed for the common case
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                        refs=tuple(refs), reply_to=client.reply_inbox())
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs))
@@ -390,8 +390,8 @@ def _copy_state(target: asyncio.Future[bytes], source: concurrent.futures.Future
         return
     if source.cancelled():
         target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())  # type: ignore[arg-type]
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
     else:
         target.set_result(source.result())
 

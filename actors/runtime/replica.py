@@ -267,11 +267,11 @@ class Replica:
             if name != "__call__":
                 raise AttributeError(f"Function deployment '{self.deployment}' has no method '{name}'; "
                                      "call the handle itself.")
-            return self.target  # type: ignore[no-any-return]
+            return self.target
         method = getattr(self.target, name, None)
         if method is None or not callable(method):
             raise AttributeError(f"Deployment '{self.deployment}' has no method '{name}'.")
-        return method  # type: ignore[no-any-return]
+        return method
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run user code to the end, here (constructor-time calls such as reconfigure)."""
