@@ -146,7 +146,7 @@ def batch(_func: Callable[..., Any] | None = None, *, max_batch_size: int = DEFA
             queue.items.put_nowait((item, fut))
             return await fut
 
-        call_one._mq_batch_capacity = max_batch_size * max_concurrent_batches  # type: ignore[attr-defined]
+        call_one._mq_batch_capacity = max_batch_size * max_concurrent_batches  # type: ignore[attr-defined]  # a function takes attributes; read back with getattr
         return call_one
 
     return decorate(_func) if _func is not None else decorate

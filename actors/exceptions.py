@@ -75,9 +75,10 @@ class _RemoteTraceback:
     """Mixin for the per-class subclasses built by :func:`rebuild_remote_error`."""
 
     _mq_remote_traceback: str = ""
+    args: tuple[Any, ...]  # declared only: the exception class mixed in with this one has it
 
     def __str__(self) -> str:
-        base = super().__str__()  # type: ignore[misc]
+        base = super().__str__()
         return f"{base}\n\nRemote traceback (most recent call last):\n{self._mq_remote_traceback}"
 
     def __reduce__(self) -> Any:
@@ -100,7 +101,7 @@ def _remote_subclass(cls: type) -> type:
 def _restore(cls: type, args: tuple[Any, ...], state: dict[str, Any], tb: str) -> BaseException:
     try:
         exc = _instance(cls, _remote_subclass(cls), args)
-        exc._mq_remote_traceback = tb  # type: ignore[attr-defined]
+        exc._mq_remote_traceback = tb  # type: ignore[attr-defined]  # exc is a _RemoteTraceback subclass, made at run time
     except TypeError:
         # Classes that refuse subclassing keep their own type; the traceback then
         # travels as a note.
@@ -116,11 +117,11 @@ def _instance(cls: type, target: type, args: tuple[Any, ...]) -> BaseException:
     """An instance of ``target`` built as unpickling builds exceptions (``cls(*args)``), or,
     if the class's constructor refuses its own args, without running ``__init__``."""
     try:
-        return target(*args)  # type: ignore[no-any-return]
+        return target(*args)
     except Exception:
         pass
     try:
-        return cls.__new__(target)  # type: ignore[no-any-return]
+        return cls.__new__(target)  # type: ignore[call-overload]  # cls is an exception class, typed only as a type
     except TypeError:
         return BaseException.__new__(target)
 

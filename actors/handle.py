@@ -108,7 +108,7 @@ class DeploymentHandle:
                                            refs=tuple(refs), stream=True)
             future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
                                    expect_reply=False)
-            return DeploymentResponseGenerator(client, self._deployment_name, req_id, future)  # type: ignore[return-value]
+            return DeploymentResponseGenerator(client, self._deployment_name, req_id, future)  # type: ignore[return-value]  # stream=True; remote() is typed for the common case
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                        refs=tuple(refs), reply_to=client.reply_inbox())
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs))

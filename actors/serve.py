@@ -187,7 +187,7 @@ def ingress(app: Any) -> Callable[[type], type]:
     def decorate(cls: type) -> type:
         if not isinstance(cls, type):
             raise TypeError("@serve.ingress decorates a class; put it under @serve.deployment")
-        cls._mq_ingress_app = app  # type: ignore[attr-defined]
+        cls._mq_ingress_app = app  # type: ignore[attr-defined]  # a class takes attributes; read back with getattr
         return cls
 
     return decorate

@@ -162,7 +162,7 @@ def _code_with_filename(ctor: Any, args: tuple[Any, ...], filename: str) -> type
     return code if code.co_filename == filename else code.replace(co_filename=filename)
 
 
-class _Pickler(cloudpickle.Pickler):
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships no types: its Pickler is Any
     dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -38,8 +40,8 @@ def connect_async(url: str, *, client_name: str | None = None) -> redis.asyncio.
     return aioredis.Redis.from_url(url, **options)
 
 
-def _options(url: str, client_name: str | None) -> dict[str, object]:
-    options: dict[str, object] = {
+def _options(url: str, client_name: str | None) -> dict[str, Any]:
+    options: dict[str, Any] = {
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "socket_timeout": None,
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],

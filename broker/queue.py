@@ -49,7 +49,7 @@ class _Proxy(MessageProxy):
     event loop after the actor returned.
     """
 
-    def __init__(self, message: dramatiq.Message, raw: bytes) -> None:
+    def __init__(self, message: dramatiq.Message[Any], raw: bytes) -> None:
         super().__init__(message)
         self.raw = raw
         self.outcome: Future[bytes] | None = None
@@ -150,7 +150,7 @@ class _BlockingConsumer(Consumer):
                 self.busy = bool(raws)
             else:
                 raw = self.conn.blmove(self.broker.queue_key, self.broker.processing_key,
-                                       self.timeout_s, "RIGHT", "LEFT")
+                                       self.timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]  # redis-py types the timeout as int; Redis takes fractional seconds
                 raws = [raw] if raw is not None else []
                 self.busy = raw is not None
         except redis.RedisError as e:
@@ -160,23 +160,24 @@ class _BlockingConsumer(Consumer):
             self._put_back(raws)
             return None
         decoded = [(raw, self._decode(raw)) for raw in raws]
-        decoded = [(raw, m) for raw, m in decoded if m is not None]
-        for raw, message in self._without_abandoned(decoded):
+        messages = [(raw, m) for raw, m in decoded if m is not None]
+        for raw, message in self._without_abandoned(messages):
             with self.slots:
                 self.unfinished += 1
             self.taken.append(_Proxy(message, raw))
         return self.taken.popleft() if self.taken else None
 
-    def _decode(self, raw: bytes) -> dramatiq.Message | None:
+    def _decode(self, raw: bytes) -> dramatiq.Message[Any] | None:
         try:
             return dramatiq.Message(**codec.decode_request(raw))
         except Exception:
             logger.error("mqserve: dropping a message that is not an mqserve request (or is forged)",
                          exc_info=True)
-            self.broker.client.lrem(self.broker.processing_key, 1, raw)
+            self.broker.client.lrem(self.broker.processing_key, 1, raw)  # type: ignore[arg-type]  # redis-py types the value as str; bytes are sent as is
             return None
 
-    def _without_abandoned(self, taken: list[tuple[bytes, dramatiq.Message]]) -> list[tuple[bytes, dramatiq.Message]]:
+    def _without_abandoned(self, taken: list[tuple[bytes, dramatiq.Message[Any]]]
+                           ) -> list[tuple[bytes, dramatiq.Message[Any]]]:
         """Drop requests that waited over :data:`ABANDONED_CHECK_S` and whose caller's
         process is gone (its alive key expired): nobody would read their answer.
         Fresh requests skip the check, so it costs nothing unless there is a backlog.
@@ -197,7 +198,7 @@ class _BlockingConsumer(Consumer):
             if gone:
                 pipe = self.broker.client.pipeline(transaction=False)
                 for raw in gone:
-                    pipe.lrem(self.broker.processing_key, 1, raw)
+                    pipe.lrem(self.broker.processing_key, 1, raw)  # type: ignore[arg-type]  # redis-py types the value as str; bytes are sent as is
                 pipe.execute()
                 logger.info("mqserve: dropped %d queued request(s) whose callers are gone", len(gone))
         except redis.RedisError:
@@ -269,7 +270,7 @@ class _BlockingConsumer(Consumer):
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Put taken-but-unstarted messages back at the head of the queue."""
-        raws = [m.raw for m in messages]  # type: ignore[attr-defined]
+        raws = [m.raw for m in messages]
         if raws:
             self._put_back(raws)
             self._release(len(raws))
@@ -277,7 +278,7 @@ class _BlockingConsumer(Consumer):
     def _put_back(self, raws: list[bytes]) -> None:
         pipe = self.broker.client.pipeline()
         for raw in raws:
-            pipe.lrem(self.broker.processing_key, 1, raw)
+            pipe.lrem(self.broker.processing_key, 1, raw)  # type: ignore[arg-type]  # redis-py types the value as str; bytes are sent as is
             pipe.rpush(self.broker.queue_key, raw)
         pipe.execute()
 

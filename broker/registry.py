@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -34,6 +34,8 @@ class Registry:
     """Reads and writes the control-plane records of one namespace."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        # The client does not decode responses: they are bytes, which redis-py types as
+        # ``bytes | str`` (hence the casts below).
         self.redis = client
         self.keys = keys
 
@@ -42,7 +44,7 @@ class Registry:
 
     def _json_hash(self, key: str) -> dict[str, Any]:
         """A hash of JSON records, by (decoded) field."""
-        return {k.decode(): json.loads(v) for k, v in self.redis.hgetall(key).items()}
+        return {k.decode(): json.loads(v) for k, v in cast("dict[bytes, bytes]", self.redis.hgetall(key)).items()}
 
     # Applications and deployments --------------------------------------------------------
     def put_app(self, record: dict[str, Any], deployments: dict[str, dict[str, Any]]) -> None:
@@ -57,7 +59,8 @@ class Registry:
             while True:
                 try:
                     pipe.watch(self.keys.apps)
-                    apps = {k.decode(): json.loads(v) for k, v in pipe.hgetall(self.keys.apps).items()}
+                    apps = {k.decode(): json.loads(v)
+                            for k, v in cast("dict[bytes, bytes]", pipe.hgetall(self.keys.apps)).items()}
                     prefix = record.get("route_prefix")
                     for other, rec in apps.items():
                         if other != name and prefix is not None and rec.get("route_prefix") == prefix:
@@ -73,7 +76,7 @@ class Registry:
                             pipe.delete(self.keys.deployment(name, dep))
                     for dep, fields in deployments.items():
                         pipe.delete(self.keys.deployment(name, dep))
-                        pipe.hset(self.keys.deployment(name, dep), mapping=fields)
+                        pipe.hset(self.keys.deployment(name, dep), mapping=fields)  # type: ignore[arg-type]  # redis-py's mapping is invariant in its key type: it refuses dict[str, ...]
                     pipe.set(self.keys.epoch, "ok", nx=True)
                     pipe.lpush(self.keys.controller_wake, 1)
                     pipe.publish(self.keys.events, json.dumps({"app": name, "state": "DEPLOYED"}))
@@ -98,7 +101,7 @@ class Registry:
 
     def deployment(self, app: str, dep: str) -> dict[str, Any] | None:
         """``{"spec": bytes, "config": dict, "version": str}`` or None if not registered."""
-        raw = self.redis.hgetall(self.keys.deployment(app, dep))
+        raw = cast("dict[bytes, bytes]", self.redis.hgetall(self.keys.deployment(app, dep)))
         if b"spec" not in raw:
             return None
         return {"spec": raw[b"spec"], "config": json.loads(raw[b"config"]), "version": raw[b"version"].decode(),
@@ -210,7 +213,7 @@ class Registry:
 
     def deployment_fields(self, app: str, dep: str) -> dict[bytes, bytes]:
         """The raw fields of a deployment's hash (to write them back after a data loss)."""
-        return self.redis.hgetall(self.keys.deployment(app, dep))  # type: ignore[no-any-return]
+        return cast("dict[bytes, bytes]", self.redis.hgetall(self.keys.deployment(app, dep)))
 
     def restore_app(self, record: dict[str, Any], dep: str, fields: dict[bytes, bytes]) -> None:
         """Write back an app record and one deployment's hash where they are missing."""
@@ -260,7 +263,7 @@ class Registry:
         self.redis.set(self.keys.replica_error(replica_id), blob, px=ttl_ms)
 
     def replica_error(self, replica_id: str) -> bytes | None:
-        return self.redis.get(self.keys.replica_error(replica_id))
+        return cast("bytes | None", self.redis.get(self.keys.replica_error(replica_id)))
 
     def orphan_replica_keys(self) -> list[tuple[str, str]]:
         """(app, deployment) pairs that have replica records, found by key scan."""
@@ -353,7 +356,7 @@ class Registry:
     def scale_states(self) -> dict[tuple[str, str], dict[str, Any]]:
         """(app, deployment) -> the autoscaler's state: ``version`` and current ``target``."""
         raw = self.redis.hgetall(self.keys.autoscale)
-        return {tuple(json.loads(k)): json.loads(v) for k, v in raw.items()}  # type: ignore[misc]
+        return {tuple(json.loads(k)): json.loads(v) for k, v in raw.items()}
 
     def set_scale_state(self, app: str, dep: str, state: dict[str, Any]) -> None:
         """Save the autoscaler's state (so a new controller leader carries on from it), and
@@ -397,7 +400,7 @@ class Registry:
 
     def leader(self) -> str | None:
         """The id of the process running the controller, if any."""
-        raw = self.redis.get(self.keys.controller_lock)
+        raw = cast("bytes | None", self.redis.get(self.keys.controller_lock))
         return raw.decode() if raw else None
 
     def resign(self, candidate: str) -> None:
@@ -406,7 +409,7 @@ class Registry:
     def cancelled_taken(self, replica_id: str) -> list[str]:
         """Ids of the requests in a replica's processing list whose cancel flag is set."""
         ids = []
-        for raw in self.redis.lrange(self.keys.processing(replica_id), 0, -1):
+        for raw in cast("list[bytes]", self.redis.lrange(self.keys.processing(replica_id), 0, -1)):
             try:
                 ids.append(codec.decode_request(raw)["message_id"])
             except Exception:
@@ -425,7 +428,7 @@ class Registry:
         pubsub.subscribe(self.keys.events, *([self.keys.cancellations] if cancellations else []))
         return pubsub
 
-    def follow(self, handle: Callable[[dict[str, Any] | None], None], stopped: threading.Event, *,
+    def follow(self, handle: Callable[[dict[str, Any] | None], object], stopped: threading.Event, *,
                every_s: float, what: str, cancellations: bool = False,
                subscribed: Callable[[], None] | None = None) -> None:
         """Pass each message of :meth:`subscribe` to ``handle``, or None after ``every_s``

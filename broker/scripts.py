@@ -85,7 +85,7 @@ class Batch:
         self._calls.append((None, name, args))
 
     def execute(self, client: redis.Redis) -> list[Any]:
-        results = self._fill(client.pipeline(transaction=False)).execute(raise_on_error=False)
+        results: list[Any] = self._fill(client.pipeline(transaction=False)).execute(raise_on_error=False)
         for i, script, args in self._noscript(results):
             try:
                 results[i] = script(client, *args)
@@ -95,7 +95,7 @@ class Batch:
 
     async def execute_async(self, client: Any) -> list[Any]:
         """The same on a ``redis.asyncio`` client."""
-        results = await self._fill(client.pipeline(transaction=False)).execute(raise_on_error=False)
+        results: list[Any] = await self._fill(client.pipeline(transaction=False)).execute(raise_on_error=False)
         for i, script, (keys, args) in self._noscript(results):
             try:
                 await client.script_load(script.source)

@@ -46,7 +46,7 @@ class StreamWriter:
     """
 
     def __init__(self, client: Any, keys: Keys, req_id: str, loop: asyncio.AbstractEventLoop,
-                 ttl_ms: int, on_cancel: Callable[[], None] | None = None, inbox: str = "") -> None:
+                 ttl_ms: int, on_cancel: Callable[[], object] | None = None, inbox: str = "") -> None:
         self.client = client  # a redis.asyncio client bound to ``loop``
         self.req_id = req_id
         self.inbox = inbox
@@ -163,6 +163,7 @@ def _entries(response: Any) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
 def read(client: redis.Redis, keys: Keys, req_id: str,
          stopped: Callable[[], bool]) -> Iterator[dict[bytes, bytes]]:
     """Yield a stream's entries (field dicts) as they arrive, blocking in XREAD."""
+    last: str | bytes  # "0-0", then the id of the last entry read
     key, last = keys.stream(req_id), "0-0"
     while not stopped():
         response = client.xread({key: last}, count=READ_COUNT, block=READ_BLOCK_MS)
@@ -174,6 +175,7 @@ def read(client: redis.Redis, keys: Keys, req_id: str,
 async def read_async(client: Any, keys: Keys, req_id: str,
                      stopped: Callable[[], bool]) -> AsyncIterator[dict[bytes, bytes]]:
     """The same on a ``redis.asyncio`` client."""
+    last: str | bytes  # "0-0", then the id of the last entry read
     key, last = keys.stream(req_id), "0-0"
     while not stopped():
         response = await client.xread({key: last}, count=READ_COUNT, block=READ_BLOCK_MS)
@@ -183,7 +185,8 @@ async def read_async(client: Any, keys: Keys, req_id: str,
 
 
 def decode_items(payload: bytes) -> list[Any]:
-    return pickle.loads(unseal(payload))  # type: ignore[no-any-return]
+    items: list[Any] = pickle.loads(unseal(payload))
+    return items
 
 
 def stop_reading(client: redis.Redis, keys: Keys, req_id: str, *, cancel: bool, ttl_ms: int) -> None:

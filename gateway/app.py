@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,7 +50,7 @@ CLIENT_CLOSED_REQUEST = 499
 _DISCONNECTED = b"<disconnected>"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]  # as in ASGI (and Starlette): any mapping
 
 
 class Gateway:
@@ -256,4 +256,4 @@ def create_app(url: str, namespace: str, *, result_ttl_ms: int, max_body_bytes: 
         StarletteRoute("/metrics", gw.metrics_text, methods=["GET"]),
     ], lifespan=gw.lifespan)
     admin.state.gateway = gw
-    return _GatewayApp(gw, admin)  # type: ignore[return-value]
+    return _GatewayApp(gw, admin)

@@ -22,11 +22,11 @@ MAX_HEAD_BYTES = 1024 * 1024
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # no httptools: uvicorn's h11 protocol, which has a limit of its own (16 kB)
-    HttpToolsProtocol = None
+    HttpToolsProtocol = None  # type: ignore[assignment, misc]  # None stands for "no httptools"
 
 
 if HttpToolsProtocol is not None:
-    class _BoundedHttpTools(HttpToolsProtocol):  # type: ignore[misc, valid-type]
+    class _BoundedHttpTools(HttpToolsProtocol):
         """uvicorn's httptools protocol that answers 431 and closes when a request's head
         passes :data:`MAX_HEAD_BYTES` (counted from the end of the previous request)."""
 

