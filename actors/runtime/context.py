@@ -27,8 +27,9 @@ import cloudpickle
 
 from broker import codec
 from broker.connection import connect, redact
+from broker.errors import RouteConflictError
 from broker.keys import Keys
-from broker.registry import Registry, RouteConflictError
+from broker.registry import Registry
 
 from ..config import ConfigError, Settings, user_config_tag
 from ..deployment import Application, DeploymentPlan, build_app

@@ -14,8 +14,9 @@ from actors.runtime.controller import Controller
 from broker import registry as registry_module
 from broker import scripts
 from broker.connection import connect
+from broker.errors import RouteConflictError
 from broker.keys import Keys
-from broker.registry import Registry, RouteConflictError
+from broker.registry import Registry
 from tests.cluster import poll
 
 
