@@ -36,12 +36,12 @@ from typing import Any
 
 import redis
 
-from actors.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError, RequestLostError
 from broker import calls, clock, codec, epoch, scripts, streams
 from broker.codec import REQUEST_ID_LEN, new_request_id
 from broker.connection import connect, connect_async
 from broker.keys import Keys
 
+from ..exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError, RequestLostError
 from . import bridge
 
 logger = logging.getLogger(__name__)
