@@ -8,10 +8,10 @@ Two ways in, chosen by where the call is made:
 
 - a plain thread sends its request itself (it would wait for the reply anyway), and a
   listener thread serves the process's thread inbox;
-- code running on an event loop gets a :class:`_LoopChannel` for that loop: an asyncio
-  connection, an inbox and a listener task of its own. Calls made during one step of
-  the loop go out in one pipeline, and their replies resolve on the loop itself, with
-  no hop through another thread.
+- code running on an event loop gets a :class:`~actors.runtime.channel.LoopChannel` for
+  that loop: an asyncio connection, an inbox and a listener task of its own. Calls made
+  during one step of the loop go out in one pipeline, and their replies resolve on the
+  loop itself, with no hop through another thread.
 
 A request's outcome is written under its result key too. The listener deletes that
 key once it has delivered the reply, unless the response was passed to another call by
@@ -38,22 +38,17 @@ import redis
 
 from broker import calls, clock, codec, epoch, scripts, streams
 from broker.codec import REQUEST_ID_LEN, new_request_id
-from broker.connection import connect, connect_async
+from broker.connection import connect
 from broker.keys import Keys
 
 from ..exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError, RequestLostError
 from . import bridge
+from .channel import RECONNECT_PAUSE_S, Add, Done, LoopChannel
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a listener waits before retrying after losing Redis.
-RECONNECT_PAUSE_S = 0.5
 #: What a caller's own future resolves to when the value went only to the result key.
 DETACHED = b""
-
-_Add = Callable[[scripts.Batch], None]
-_Done = Callable[[Any], None]
-
 
 class CallClient:
     """Sends requests to deployment queues and resolves their futures."""
@@ -83,7 +78,7 @@ class CallClient:
         self._dropped: deque[str] = deque()
         #: ``settle.lua`` calls for the listener's next round trip: (id, promised or "", reads).
         self._settles: list[tuple[str, str, int]] = []
-        self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopChannel] = \
+        self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopChannel] = \
             weakref.WeakKeyDictionary()
         self._closed = False
         # Sends that must not be lost with an event loop that is closing (cancellations).
@@ -252,14 +247,14 @@ class CallClient:
         if self._closed:
             raise RuntimeError("this mqserve client is closed (serve.shutdown() was called)")
 
-    def _channel(self, loop: asyncio.AbstractEventLoop) -> _LoopChannel:
+    def _channel(self, loop: asyncio.AbstractEventLoop) -> LoopChannel:
         with self._lock:
             channel = self._channels.get(loop)
             if channel is None or channel.stopped:
-                channel = self._channels[loop] = _LoopChannel(self, loop)
+                channel = self._channels[loop] = LoopChannel(self, loop)
             return channel
 
-    def _send(self, add: _Add, done: _Done, *, outlive_loop: bool = False) -> None:
+    def _send(self, add: Add, done: Done, *, outlive_loop: bool = False) -> None:
         """Run ``add``'s commands and pass the result to ``done``. ``outlive_loop``: the
         command must be sent even if the calling event loop closes right away (a
         cancellation as ``asyncio.run`` ends), so it goes through a thread instead."""
@@ -274,7 +269,7 @@ class CallClient:
         # A plain thread would wait for the reply anyway: send from here.
         self._send_now(add, done)
 
-    def _send_now(self, add: _Add, done: _Done) -> None:
+    def _send_now(self, add: Add, done: Done) -> None:
         batch = scripts.Batch()
         add(batch)
         try:
@@ -414,72 +409,6 @@ class CallClient:
         try:
             inbox.leave(self._redis)
         except redis.RedisError:
-            pass
-
-
-class _LoopChannel:
-    """One event loop's way to Redis: its own inbox, connection and listener task."""
-
-    def __init__(self, client: CallClient, loop: asyncio.AbstractEventLoop) -> None:
-        self.client = client
-        self.loop = loop
-        self.inbox = client.keys.inbox(new_request_id())
-        self.redis = connect_async(client.url, client_name=client.client_name)
-        self.pending: bridge.StepBatch[tuple[_Add, _Done]] = bridge.StepBatch(loop, self._flush)
-        self.stopped = False
-        self.listener = loop.create_task(self._listen())
-
-    def post(self, add: _Add, done: _Done) -> None:
-        """Queue an op; everything posted during this loop step is sent as one pipeline."""
-        self.pending.post((add, done))
-
-    def _flush(self, ops: list[tuple[_Add, _Done]]) -> None:
-        self.loop.create_task(self._execute(ops))
-
-    async def _execute(self, ops: list[tuple[_Add, _Done]]) -> None:
-        batch = scripts.Batch()
-        for add, _ in ops:
-            add(batch)
-        try:
-            results = await batch.execute_async(self.redis)
-        except (redis.RedisError, OSError) as e:
-            results = [e] * len(ops)
-        for (_, done), res in zip(ops, results):
-            done(res)
-
-    async def _listen(self) -> None:
-        inbox = calls.Inbox(self.inbox)
-        try:
-            while not self.client.closed:
-                try:
-                    beat = inbox.beat(self.redis)
-                    if beat is not None:
-                        await beat
-                    items = inbox.first(await inbox.wait(self.redis))
-                    while items:
-                        unlink = [k for k in map(self.client.dispatch, items) if k]
-                        items = inbox.taken(await inbox.drain(self.redis, unlink))
-                except (redis.RedisError, OSError) as e:
-                    inbox.reset()
-                    logger.warning("mqserve: reply listener lost Redis (%s); reconnecting", e)
-                    await asyncio.sleep(RECONNECT_PAUSE_S)
-        finally:
-            self.stopped = True
-            try:
-                await inbox.leave(self.redis)
-            except Exception:
-                pass
-            try:
-                await self.redis.aclose()
-            except Exception:  # the loop may be closing under us
-                pass
-
-    def close(self) -> None:
-        """Stop the listener; safe from any thread."""
-        self.stopped = True
-        try:
-            self.loop.call_soon_threadsafe(self.listener.cancel)
-        except RuntimeError:  # loop already closed
             pass
 
 
