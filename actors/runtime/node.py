@@ -30,7 +30,7 @@ from broker.registry import Registry
 from ..config import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, Settings
 from ..exceptions import ReplicaDiedError
 from .controller import ControllerLoop
-from .procs import child_preexec, on_stdin_eof
+from .procs import child_preexec, on_stdin_eof, setup_logging
 
 logger = logging.getLogger("mqserve.node")
 
@@ -205,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="most replicas this node hosts (default: no limit)")
     parser.add_argument("--watch-stdin", action="store_true", help="stop when stdin closes (local mode)")
     opts = parser.parse_args(argv)
-    level = os.environ.get("MQSERVE_LOG_LEVEL", "INFO").upper()
-    logging.getLogger("dramatiq").setLevel(level if level == "DEBUG" else "WARNING")
-    logging.basicConfig(level=level,
-                        format="%(asctime)s node %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level, "node")
     node_id = opts.name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     if opts.max_replicas is not None and opts.max_replicas < 0:
         parser.error("--max-replicas must be 0 or more")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -59,3 +60,11 @@ def stop_all(procs: list[subprocess.Popen[Any]], timeout_s: float = 30.0) -> Non
     deadline = time.monotonic() + timeout_s
     for proc in procs:
         stop_process(proc, max(0.1, deadline - time.monotonic()))
+
+
+def setup_logging(level: str, label: str, *, quiet: tuple[str, ...] = ("dramatiq",)) -> None:
+    """Log lines of a node, replica or gateway process, labelled with what it is; the
+    ``quiet`` loggers (Dramatiq's own) only say more than warnings at DEBUG."""
+    for name in quiet:
+        logging.getLogger(name).setLevel(level if level == "DEBUG" else "WARNING")
+    logging.basicConfig(level=level, format=f"%(asctime)s {label} %(levelname)s %(name)s: %(message)s")

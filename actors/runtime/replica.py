@@ -38,11 +38,11 @@ from broker.queue import ServeBroker
 from broker.registry import Registry
 
 from ..batching import batch_capacity
-from ..config import DeploymentConfig, user_config_tag
+from ..config import DeploymentConfig, Settings, user_config_tag
 from . import bridge
 from .caller import close_clients
 from .cancellation import Cancellations
-from .procs import on_stdin_eof
+from .procs import on_stdin_eof, setup_logging
 from .requests import Requests
 
 logger = logging.getLogger("mqserve.replica")
@@ -277,21 +277,16 @@ SWITCH_INTERVAL_S = 0.001
 
 def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    settings = Settings.from_env()
     parser = argparse.ArgumentParser(prog="python -m actors.runtime.replica")
     # The Redis URL comes in the environment (MQSERVE_REDIS_URL), not argv: it may hold a
     # password, and every local user can read a process's command line.
-    parser.add_argument("--redis-url", default=os.environ.get("MQSERVE_REDIS_URL"),
-                        required=not os.environ.get("MQSERVE_REDIS_URL"))
+    parser.add_argument("--redis-url", default=settings.redis_url, required=settings.redis_url is None)
     for name in ("namespace", "app", "deployment", "replica-id", "version", "node-id"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--result-ttl-ms", type=int, required=True)
     opts = parser.parse_args(argv)
-    level = os.environ.get("MQSERVE_LOG_LEVEL", "INFO").upper()
-    quiet = level if level == "DEBUG" else "WARNING"
-    logging.getLogger("dramatiq").setLevel(quiet)
-    logging.getLogger("mqserve.replica.loop").setLevel(quiet)
-    logging.basicConfig(level=level,
-                        format=f"%(asctime)s {opts.replica_id} %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level, opts.replica_id, quiet=("dramatiq", "mqserve.replica.loop"))
     replica = Replica(url=opts.redis_url, namespace=opts.namespace, app=opts.app, deployment=opts.deployment,
                       replica_id=opts.replica_id, version=opts.version, node_id=opts.node_id,
                       result_ttl_ms=opts.result_ttl_ms)

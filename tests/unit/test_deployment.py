@@ -81,3 +81,23 @@ def test_settings_from_env() -> None:
     assert s.redis_url == "redis://h:1/0" and s.http_port == 9000
     with pytest.raises(ConfigError, match="MQSERVE_HTTP_PORT"):
         Settings.from_env({"MQSERVE_HTTP_PORT": "eighty"})
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("MQSERVE_LOG_LEVEL", "chatty", "not a log level"),
+    ("MQSERVE_MAX_BODY_BYTES", "lots", "not a valid int"),
+    ("MQSERVE_MAX_BODY_BYTES", "0", "must be positive"),
+    ("MQSERVE_HTTP_TIMEOUT_S", "-1", "must be positive"),
+])
+def test_every_setting_is_validated_where_it_is_read(name: str, value: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        Settings.from_env({name: value})
+
+
+def test_settings_of_the_gateway_and_local_mode_come_from_the_one_settings_object() -> None:
+    settings = Settings.from_env({"MQSERVE_LOG_LEVEL": "debug", "MQSERVE_MAX_BODY_BYTES": "1024",
+                                  "MQSERVE_HTTP_TIMEOUT_S": "2.5", "MQSERVE_REDIS_SERVER": "/opt/redis-server"})
+    assert (settings.log_level, settings.max_body_bytes, settings.http_timeout_s, settings.redis_server) == (
+        "DEBUG", 1024, 2.5, "/opt/redis-server")
+    defaults = Settings.from_env({})
+    assert (defaults.log_level, defaults.max_body_bytes, defaults.http_timeout_s) == ("INFO", 100 * 1024 * 1024, None)
