@@ -49,6 +49,11 @@ class RequestCancelledError(ServeException, asyncio.CancelledError):
     """
 
 
+def cancelled_error(req_id: str) -> RequestCancelledError:
+    """What a cancelled request raises, for its caller and the calls it was passed to."""
+    return RequestCancelledError(f"Request {req_id} was cancelled.")
+
+
 def deleted_error(app: str) -> DeploymentUnavailableError:
     """What requests still queued for a deleted application fail with."""
     return DeploymentUnavailableError(f"Application '{app}' was deleted before this request ran.")

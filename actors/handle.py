@@ -18,7 +18,7 @@ from typing import Any
 from broker import codec, streams
 from broker.keys import Keys
 
-from .exceptions import RequestCancelledError, ServeException, rebuild_remote_error
+from .exceptions import ServeException, cancelled_error, rebuild_remote_error
 from .runtime import bridge
 from .runtime.caller import DETACHED, CallClient, get_client
 
@@ -184,7 +184,7 @@ class DeploymentResponse:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 outcome = self._client.watch(self._req_id, own=True).result(timeout=left)
         except concurrent.futures.CancelledError:
-            raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
+            raise cancelled_error(self._req_id) from None
         except concurrent.futures.TimeoutError:
             # A caller that gives up does not want the request started later; one already
             # running goes on (as in Ray), and a later result() may still get its value.
@@ -202,14 +202,14 @@ class DeploymentResponse:
         if self._raw is not None:
             return self._outcome(self._raw)
         if self._future.cancelled():
-            raise RequestCancelledError(f"Request {self._req_id} was cancelled.")
+            raise cancelled_error(self._req_id)
         try:
             outcome = await bridge.wait(self._future)
             if outcome == DETACHED:
                 outcome = await bridge.wait(self._client.watch(self._req_id, own=True))
         except asyncio.CancelledError:
             if self._future.cancelled():
-                raise RequestCancelledError(f"Request {self._req_id} was cancelled.") from None
+                raise cancelled_error(self._req_id) from None
             self.cancel()  # the awaiting task was cancelled: cancel the call too
             raise
         return self._outcome(outcome)

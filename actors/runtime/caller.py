@@ -41,7 +41,13 @@ from broker.codec import REQUEST_ID_LEN, new_request_id
 from broker.connection import connect
 from broker.keys import Keys
 
-from ..exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError, RequestLostError
+from ..exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    RequestCancelledError,
+    RequestLostError,
+    cancelled_error,
+)
 from . import bridge
 from .channel import RECONNECT_PAUSE_S, Add, Done, LoopChannel
 
@@ -49,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 #: What a caller's own future resolves to when the value went only to the result key.
 DETACHED = b""
+
 
 class CallClient:
     """Sends requests to deployment queues and resolves their futures."""
@@ -136,7 +143,7 @@ class CallClient:
         try:
             outcome = fut.result()
         except concurrent.futures.CancelledError:
-            return codec.encode_error(RequestCancelledError(f"Request {req_id} was cancelled."))
+            return codec.encode_error(cancelled_error(req_id))
         except Exception as e:
             return codec.encode_error(e)
         return outcome
@@ -183,7 +190,7 @@ class CallClient:
 
         def done(res: Any) -> None:
             if res == 1:
-                self._not_run(req_id, consumes, RequestCancelledError(f"Request {req_id} was cancelled."))
+                self._not_run(req_id, consumes, cancelled_error(req_id))
 
         self._send(add, done, outlive_loop=True)
 
@@ -343,13 +350,7 @@ class CallClient:
                 promised = self._holds.pop(req_id, None)
                 if promised is None:
                     continue
-                # Nobody waits for its reply any more, and that reply must not delete the key.
-                owner = self._owners.pop(req_id, None)
-                waiters = self._waiters.get(req_id)
-                if owner is not None and waiters is not None and owner in waiters:
-                    waiters.remove(owner)
-                    if not waiters:
-                        del self._waiters[req_id]
+                self._drop_owner(req_id)  # nobody waits for its reply, which must not delete the key
                 self._settles.append((req_id, str(promised), 0))
             settles, self._settles = self._settles, []
         return settles
@@ -364,15 +365,21 @@ class CallClient:
         # The value went to the result key only (the response was passed downstream):
         # release the caller's own future; awaiting it reads the key (watch(own=True)).
         with self._lock:
-            fut = self._owners.pop(req_id, None)
-            waiters = self._waiters.get(req_id)
-            if fut is not None and waiters is not None:
-                waiters.remove(fut)
-                if not waiters:
-                    del self._waiters[req_id]
+            fut = self._drop_owner(req_id)
         if fut is not None and not fut.done():
             fut.set_result(DETACHED)
         return None
+
+    def _drop_owner(self, req_id: str) -> Future[bytes] | None:
+        """Stop tracking the caller's own reply future of ``req_id`` (under the lock); its
+        other waiters (reads of the result key) stay."""
+        owner = self._owners.pop(req_id, None)
+        waiters = self._waiters.get(req_id)
+        if owner is not None and waiters is not None and owner in waiters:
+            waiters.remove(owner)
+            if not waiters:
+                del self._waiters[req_id]
+        return owner
 
     def _settle(self, settles: list[tuple[str, str, int]]) -> None:
         if not settles:
@@ -440,7 +447,7 @@ def _refusal(code: int, app: str, dep: str, req_id: str) -> Exception:
             f"Deployment '{dep}' of application '{app}' failed to start, so it cannot take "
             "requests; serve.status() says why. Fix it and deploy again.")
     if code == -4:
-        return RequestCancelledError(f"Request {req_id} was cancelled.")
+        return cancelled_error(req_id)
     return DeploymentUnavailableError(
         f"Deployment '{dep}' of application '{app}' is not running (deleted or never "
         "started). Deploy it with serve.run() before calling it.")
