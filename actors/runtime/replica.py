@@ -136,6 +136,23 @@ class Replica:
         reconfigure = None if self.is_function else getattr(self.target, "reconfigure", None)
         run_id: str | None = None
         checked = 0.0
+        refused: str | None = None  # the user_config tag that reconfigure last raised on
+
+        def apply_user_config(retry: bool) -> None:
+            nonlocal refused
+            spec = self.registry.deployment(self.app, self.deployment)
+            if spec is None or spec["version"] != self.version:
+                return  # deleted or upgraded: the controller replaces us
+            user_config = spec["config"].get("user_config")
+            tag = user_config_tag(user_config)
+            if tag == self.user_config_tag or (tag == refused and not retry):
+                return
+            if callable(reconfigure) and user_config is not None:
+                refused = tag
+                self._call(reconfigure, (user_config,), {})
+            refused = None
+            self.user_config_tag = tag
+            self._record("RUNNING")
 
         def on_event(event: dict[str, Any] | None) -> None:
             nonlocal run_id, checked
@@ -147,23 +164,15 @@ class Replica:
             if event["channel"] == self.keys.cancellations.encode():
                 self.cancels.heard(event["data"].decode())
                 return
-            if json.loads(event["data"]).get("app") != self.app:
-                return
-            spec = self.registry.deployment(self.app, self.deployment)
-            if spec is None or spec["version"] != self.version:
-                return  # deleted or upgraded: the controller replaces us
-            user_config = spec["config"].get("user_config")
-            tag = user_config_tag(user_config)
-            if tag == self.user_config_tag:
-                return
-            if callable(reconfigure) and user_config is not None:
-                self._call(reconfigure, (user_config,), {})
-            self.user_config_tag = tag
-            self._record("RUNNING")
+            if json.loads(event["data"]).get("app") == self.app:
+                apply_user_config(retry=True)  # a deploy asks again, even for a config refused before
 
-        def subscribed() -> None:  # what was cancelled while we were not listening
+        def subscribed() -> None:
+            # What was published while we were not listening: cancellations, and a
+            # user_config written before our first subscription (or between two).
             for req_id in self.registry.cancelled_taken(self.replica_id):
                 self.cancels.heard(req_id)
+            apply_user_config(retry=False)
 
         self.registry.follow(on_event, self.stop_requested, every_s=DATA_CHECK_S, cancellations=True,
                              subscribed=subscribed, what="cancellations and user_config changes")

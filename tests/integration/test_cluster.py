@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from actors import serve
+from actors.config import user_config_tag
 from actors.exceptions import DeployFailedError
 from tests.cluster import LocalCluster, cluster_on, free_port, poll
 from tests.conftest import ROOT
@@ -343,4 +344,15 @@ def test_a_replica_closes_its_event_subscription_before_subscribing_again(redis_
         # Then the failed subscription is closed at once, not left open until replaced
         poll(lambda: subscribers() == 0, timeout_s=5, interval_s=0.005, what="the failed subscription to close")
         poll(lambda: subscribers() == 1, what="the replica to subscribe again")
+        # And subscribing again does not retry the refused config: a deploy must ask again
         assert handle.tries.remote().result(timeout_s=30) == 2
+        reg.redis.publish(keys.events, json.dumps({"app": "picky", "state": "DEPLOYED"}))
+        poll(lambda: subscribers() == 0, timeout_s=5, interval_s=0.005, what="the refusal to close it again")
+        # A user_config written while the replica is not listening (no event reaches it)
+        reg.redis.hset(keys.deployment("picky", "Picky"), "config",
+                       json.dumps({**spec["config"], "user_config": {"refuse": False, "v": 2}}))
+        # is applied when it subscribes again
+        poll(lambda: reg.replicas("picky", "Picky") and all(
+            r.get("user_config_tag") == user_config_tag({"refuse": False, "v": 2})
+            for r in reg.replicas("picky", "Picky").values()), what="the missed user_config to be applied")
+        assert handle.tries.remote().result(timeout_s=30) == 4
