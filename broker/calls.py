@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import scripts
+from . import liveness, scripts
 from .keys import Keys
 
 #: Seconds a listener blocks on its inbox before checking whether it should stop.
@@ -126,4 +126,4 @@ class Inbox:
     def _beat(self, pipe: Any) -> None:
         if self._due():
             self._beat_at = time.monotonic()
-            pipe.set(self.alive, 1, px=ALIVE_TTL_MS)
+            liveness.beat(pipe, self.alive, ALIVE_TTL_MS)

@@ -1,8 +1,8 @@
 """Control-plane records of the cluster's members: workers (nodes) and their replica
 assignments, gateways, the autoscaler's state, wake-up lists and the controller lease.
 
-Members' heartbeats are stamped with Redis's own time (``heartbeat.lua``) and their ages
-read against it, so liveness does not depend on the machines' clocks agreeing.
+A member's record says what it is; whether it lives is its key in :mod:`broker.liveness`,
+refreshed with every heartbeat, so liveness does not depend on the machines' clocks.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import redis
 
-from . import clock, scripts
+from . import liveness
 from .keys import Keys
 
 
@@ -33,28 +33,36 @@ class ClusterRecords:
         return {k.decode(): json.loads(v) for k, v in cast("dict[bytes, bytes]", self.redis.hgetall(key)).items()}
 
     # Nodes and assignments -------------------------------------------------------------------
-    def register_node(self, node_id: str, record: dict[str, Any]) -> None:
-        """Write the node's record, stamped with Redis's time (see :meth:`nodes`)."""
-        scripts.HEARTBEAT(self.redis, (self.keys.nodes,), (node_id, json.dumps(record)))
+    def register_node(self, node_id: str, record: dict[str, Any], ttl_ms: int) -> None:
+        """Write the node's record and say it lives for ``ttl_ms`` more (a heartbeat)."""
+        self._register("node", self.keys.nodes, node_id, record, ttl_ms)
+
+    def _register(self, kind: str, key: str, member_id: str, record: dict[str, Any], ttl_ms: int) -> None:
+        # One transaction: a reader never sees the record without its alive key (it
+        # would take the member for dead).
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, member_id, json.dumps(record))
+        liveness.beat(pipe, self.keys.member_alive(kind, member_id), ttl_ms)
+        pipe.execute()
 
     def remove_node(self, node_id: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hdel(self.keys.nodes, node_id)
-        pipe.delete(self.keys.node_assignments(node_id), self.keys.node_wake(node_id))
+        pipe.delete(self.keys.node_assignments(node_id), self.keys.node_wake(node_id),
+                    self.keys.member_alive("node", node_id))
         pipe.lpush(self.keys.controller_wake, 1)
         pipe.execute()
 
     def nodes(self) -> dict[str, dict[str, Any]]:
-        """Node records, each with ``heartbeat_age_s`` (see :meth:`_heartbeats`)."""
-        return self._heartbeats(self.keys.nodes)
+        """Node records, each with ``heartbeat_age_s`` (see :meth:`_members`)."""
+        return self._members("node", self.keys.nodes)
 
-    def _heartbeats(self, key: str) -> dict[str, dict[str, Any]]:
-        """Records stamped by ``heartbeat.lua``, each with ``heartbeat_age_s``: seconds since
-        its last heartbeat. Both times are Redis's, so that liveness does not depend on
-        the clocks of the machines agreeing."""
-        now = clock.seconds(self.redis.time())
-        return {k: {**rec, "heartbeat_age_s": now - float(rec.get("heartbeat", 0))}
-                for k, rec in self._json_hash(key).items()}
+    def _members(self, kind: str, key: str) -> dict[str, dict[str, Any]]:
+        """Member records, each with ``heartbeat_age_s``: seconds since its last heartbeat,
+        None once its alive key expired (it is dead; the controller buries it)."""
+        records = self._json_hash(key)
+        ages = liveness.ages(self.redis, [self.keys.member_alive(kind, m) for m in records])
+        return {m: {**rec, "heartbeat_age_s": age} for (m, rec), age in zip(records.items(), ages)}
 
     def assignments(self, node_id: str) -> dict[str, dict[str, Any]]:
         return self._json_hash(self.keys.node_assignments(node_id))
@@ -72,16 +80,19 @@ class ClusterRecords:
         pipe.execute()
 
     # Gateways ---------------------------------------------------------------------------------
-    def register_gateway(self, gateway_id: str, record: dict[str, Any]) -> None:
-        """Write the gateway's record, stamped with Redis's time (see :meth:`gateways`)."""
-        scripts.HEARTBEAT(self.redis, (self.keys.gateways,), (gateway_id, json.dumps(record)))
+    def register_gateway(self, gateway_id: str, record: dict[str, Any], ttl_ms: int) -> None:
+        """Write the gateway's record and say it lives for ``ttl_ms`` more (a heartbeat)."""
+        self._register("gateway", self.keys.gateways, gateway_id, record, ttl_ms)
 
     def remove_gateway(self, gateway_id: str) -> None:
-        self.redis.hdel(self.keys.gateways, gateway_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(self.keys.gateways, gateway_id)
+        pipe.delete(self.keys.member_alive("gateway", gateway_id))
+        pipe.execute()
 
     def gateways(self) -> dict[str, dict[str, Any]]:
-        """Gateway records, each with ``heartbeat_age_s`` (see :meth:`_heartbeats`)."""
-        return self._heartbeats(self.keys.gateways)
+        """Gateway records, each with ``heartbeat_age_s`` (see :meth:`_members`)."""
+        return self._members("gateway", self.keys.gateways)
 
     # Autoscaling ------------------------------------------------------------------------------
     def scale_states(self) -> dict[tuple[str, str], dict[str, Any]]:
@@ -127,12 +138,11 @@ class ClusterRecords:
             pipe.execute()
 
     def lead(self, candidate: str, lease_ms: int) -> bool:
-        return bool(scripts.LEAD(self.redis, (self.keys.controller_lock,), (candidate, lease_ms)))
+        return liveness.lead(self.redis, self.keys.controller_lock, candidate, lease_ms)
 
     def leader(self) -> str | None:
         """The id of the process running the controller, if any."""
-        raw = cast("bytes | None", self.redis.get(self.keys.controller_lock))
-        return raw.decode() if raw else None
+        return liveness.holder(self.redis, self.keys.controller_lock)
 
     def resign(self, candidate: str) -> None:
-        scripts.RESIGN(self.redis, (self.keys.controller_lock,), (candidate,))
+        liveness.resign(self.redis, self.keys.controller_lock, candidate)

@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import io
 import logging
-import os
 import pickle
 import traceback
 import types
@@ -47,14 +46,19 @@ _SEAL = b"\x00mq1"
 _MAC_LEN = 32
 
 
-def _secret() -> bytes | None:
-    secret = os.environ.get("MQSERVE_SECRET")
-    return secret.encode() if secret else None
+_key: bytes | None = None
+
+
+def use_secret(secret: str | None) -> None:
+    """Seal and check every blob with ``secret`` from now on (None: seal nothing). Each
+    process sets it once as it starts, from its settings (``MQSERVE_SECRET``)."""
+    global _key
+    _key = secret.encode() if secret else None
 
 
 def seal(data: bytes) -> bytes:
-    """``data`` with an HMAC of ``MQSERVE_SECRET`` in front (unchanged without a secret)."""
-    key = _secret()
+    """``data`` with an HMAC of the secret in front (unchanged without a secret)."""
+    key = _key
     if key is None:
         return data
     return _SEAL + hmac.new(key, data, hashlib.sha256).digest() + data
@@ -70,7 +74,7 @@ def unseal(data: bytes) -> bytes:
 
 
 def _unseal(data: bytes) -> bytes:
-    key = _secret()
+    key = _key
     sealed = data.startswith(_SEAL)
     if key is None:
         if sealed:

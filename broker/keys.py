@@ -65,8 +65,8 @@ class Keys:
 
     @staticmethod
     def alive(inbox: str) -> str:
-        """STRING refreshed by the listener of ``inbox`` while its process lives (expires):
-        a replica drops a long-queued request whose caller's key is gone."""
+        """STRING kept alive by the listener of ``inbox`` while its process lives (expires;
+        see ``liveness``): a replica drops a long-queued request whose caller's key is gone."""
         return f"{inbox}:alive"
 
     def reads(self, req_id: str) -> str:
@@ -91,8 +91,13 @@ class Keys:
     # Control plane ----------------------------------------------------------------------
     @property
     def nodes(self) -> str:
-        """HASH node id -> JSON node record (host, pid, heartbeat: Redis's time)."""
+        """HASH node id -> JSON node record (host, pid, replicas, max_replicas)."""
         return f"{self.ns}:nodes"
+
+    def member_alive(self, kind: str, member_id: str) -> str:
+        """STRING kept alive by a ``node`` or ``gateway`` while it runs (expires; see
+        ``liveness``)."""
+        return f"{self.ns}:alive:{kind}:{member_id}"
 
     def node_assignments(self, node_id: str) -> str:
         """HASH replica id -> JSON assignment (app, deployment, version,
@@ -111,7 +116,7 @@ class Keys:
 
     @property
     def gateways(self) -> str:
-        """HASH gateway id -> JSON gateway record (host, port, pid, heartbeat: Redis's time)."""
+        """HASH gateway id -> JSON gateway record (host, port, pid, hostname)."""
         return f"{self.ns}:gateways"
 
     @property

@@ -44,8 +44,7 @@ SETTLE = Script("settle")
 LEAD = Script("lead")
 RESIGN = Script("resign")
 TAKE = Script("take")
-HEARTBEAT = Script("heartbeat")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, SETTLE, LEAD, RESIGN, TAKE, HEARTBEAT)
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, SETTLE, LEAD, RESIGN, TAKE)
 
 
 def complete(batch: Batch, keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,

@@ -29,7 +29,7 @@ from actors.config import DEFAULT_MAX_BODY_BYTES
 from actors.exceptions import BackPressureError, DeploymentUnavailableError
 from actors.runtime import bridge
 from actors.runtime.caller import CallClient, get_client
-from actors.runtime.controller import ControllerLoop
+from actors.runtime.controller import MEMBER_TTL_MS, ControllerLoop
 from actors.status import collect_status
 from broker import codec, streams
 from broker.connection import connect
@@ -90,8 +90,9 @@ class Gateway:
         # as soon as one comes back.
         record = {"host": self.address[0], "port": self.address[1], "pid": os.getpid(),
                   "hostname": socket.gethostname()}
-        controller = ControllerLoop(self.url, self.keys.ns, self.gateway_id, result_ttl_ms=self.result_ttl_ms,
-                                    heartbeat=lambda reg: reg.register_gateway(self.gateway_id, record)).start()
+        controller = ControllerLoop(
+            self.url, self.keys.ns, self.gateway_id, result_ttl_ms=self.result_ttl_ms,
+            heartbeat=lambda reg: reg.register_gateway(self.gateway_id, record, MEMBER_TTL_MS)).start()
         yield
         self.stopped.set()
         await bridge.run_sync(controller.stop)

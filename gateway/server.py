@@ -11,6 +11,7 @@ import uvicorn
 
 from actors.config import Settings
 from actors.runtime.procs import setup_logging
+from broker import codec
 
 from .app import create_app
 
@@ -72,6 +73,7 @@ class _Server(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
+    codec.use_secret(settings.secret)
     parser = argparse.ArgumentParser(prog="mqserve gateway")
     parser.add_argument("--redis-url", default=settings.redis_url, required=settings.redis_url is None)
     parser.add_argument("--namespace", default=settings.namespace)

@@ -20,10 +20,19 @@ if ROOT not in sys.path:
 
 from actors import serve  # noqa: E402
 from actors.runtime.local import find_redis_server  # noqa: E402
+from broker import codec  # noqa: E402
 from broker.connection import connect  # noqa: E402
 from broker.keys import Keys  # noqa: E402
 from broker.registry import Registry  # noqa: E402
 from tests.cluster import LocalCluster, free_port  # noqa: E402,F401 - free_port is imported by tests
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_left_behind() -> Iterator[None]:
+    """The secret a test gave this process (``codec.use_secret``, as a serve context does
+    from MQSERVE_SECRET) is process state: the next test starts without it."""
+    yield
+    codec.use_secret(None)
 
 
 @pytest.fixture(scope="session")

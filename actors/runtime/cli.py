@@ -14,6 +14,8 @@ import threading
 import traceback
 from typing import Any
 
+from broker import codec
+
 from ..config import ConfigError, Settings
 from ..exceptions import ServeException, deleted_error
 
@@ -227,7 +229,7 @@ def format_status(status: Any) -> str:
         mark = " (controller)" if wid == status.controller else ""
         workers.append([wid + mark, str(rec.get("host", "")), str(rec.get("pid", "")),
                         f"{rec.get('replicas', 0)}" + (f"/{cap}" if cap is not None else ""),
-                        f"{rec.get('heartbeat_age_s', 0):.0f} s ago"])
+                        _last_seen(rec.get("heartbeat_age_s"))])
     lines += [""] + (_table(workers) if len(workers) > 1 else ["No workers."])
     gateways = [["GATEWAY", "ADDRESS", "PID"]]
     for gid, rec in sorted(status.gateways.items()):
@@ -275,6 +277,10 @@ def _gateway(opts: argparse.Namespace) -> int:
     return gateway_main(argv + (["--port", str(opts.port)] if opts.port else []))
 
 
+def _last_seen(age_s: float | None) -> str:
+    return "gone (no heartbeat)" if age_s is None else f"{age_s:.0f} s ago"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mqserve", description="Ray Serve's model on Redis and Dramatiq.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--port", type=int, default=None, help="HTTP port (default: MQSERVE_HTTP_PORT or 8000)")
     opts = parser.parse_args(argv)
     try:
+        codec.use_secret(Settings.from_env().secret)  # what it reads or writes is sealed with it
         return int(opts.fn(opts))
     except (CLIError, ConfigError) as e:
         print(f"mqserve: {e}", file=sys.stderr)
@@ -316,3 +323,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

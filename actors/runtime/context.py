@@ -52,6 +52,7 @@ class ServeContext:
     def __init__(self, settings: Settings, *, redis_url: str | None = None,
                  http_options: dict[str, Any] | None = None, start_processes: bool = True) -> None:
         self.settings = settings
+        codec.use_secret(settings.secret)
         self.http_options = dict(http_options or {})
         self.local_redis: LocalRedis | None = None
         url = redis_url or settings.redis_url

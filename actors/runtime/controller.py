@@ -40,6 +40,8 @@ logger = logging.getLogger("mqserve.controller")
 #: Nodes heartbeat every second; with the lease below, a dead worker's replicas run
 #: elsewhere within about 7 s.
 NODE_DEAD_AFTER_S = 5.0
+#: The TTL of a member's alive key (``broker.liveness``), set again by every heartbeat.
+MEMBER_TTL_MS = int(NODE_DEAD_AFTER_S * 1000)
 #: Lease of the controller role in ms; the leader renews it every pass.
 CONTROLLER_LEASE_MS = 4000
 #: Seconds between passes when nothing wakes the controller (also the autoscaler's period).
@@ -233,8 +235,9 @@ class Controller:
 
 def heartbeat_fresh(record: dict[str, Any]) -> bool:
     """Whether a node or gateway record (from ``Registry.nodes`` or ``gateways``) was
-    refreshed within :data:`NODE_DEAD_AFTER_S`."""
-    return float(record.get("heartbeat_age_s", NODE_DEAD_AFTER_S)) < NODE_DEAD_AFTER_S
+    refreshed within :data:`NODE_DEAD_AFTER_S` (its alive key, which lives that long,
+    has not expired)."""
+    return record.get("heartbeat_age_s") is not None
 
 
 def _least_loaded(load: dict[str, int], capacity: dict[str, int | None]) -> str | None:

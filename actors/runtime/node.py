@@ -23,13 +23,14 @@ from typing import Any
 
 import redis
 
+from broker import codec
 from broker.connection import connect, redact
 from broker.keys import Keys
 from broker.registry import Registry
 
 from ..config import DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, Settings
 from ..exceptions import ReplicaDiedError
-from .controller import ControllerLoop
+from .controller import MEMBER_TTL_MS, ControllerLoop
 from .procs import child_preexec, on_stdin_eof, setup_logging
 
 logger = logging.getLogger("mqserve.node")
@@ -89,7 +90,7 @@ class Node:
                     for rid, rec in self.meta.items():
                         if rid not in self.stopping:
                             reg.assign(self.node_id, rid, rec)
-                reg.register_node(self.node_id, {**record, "replicas": len(self.procs)})
+                reg.register_node(self.node_id, {**record, "replicas": len(self.procs)}, MEMBER_TTL_MS)
                 self.reconcile()
                 reg.wait_wake([self.keys.node_wake(self.node_id)], HEARTBEAT_S)
             except redis.RedisError as e:  # Redis restarting: keep our replicas, retry
@@ -197,6 +198,7 @@ def _permanent_connection_problem(url: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
+    codec.use_secret(settings.secret)
     parser = argparse.ArgumentParser(prog="python -m actors.runtime.node")
     parser.add_argument("--redis-url", default=settings.redis_url, required=settings.redis_url is None)
     parser.add_argument("--namespace", default=settings.namespace)

@@ -287,6 +287,7 @@ SWITCH_INTERVAL_S = 0.001
 def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     settings = Settings.from_env()
+    codec.use_secret(settings.secret)
     parser = argparse.ArgumentParser(prog="python -m actors.runtime.replica")
     # The Redis URL comes in the environment (MQSERVE_REDIS_URL), not argv: it may hold a
     # password, and every local user can read a process's command line.

@@ -3,7 +3,6 @@ into a deployment's queue is refused by the replica without being unpickled."""
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Iterator
 
@@ -54,11 +53,11 @@ def test_forged_pickles_in_a_queue_never_run(signed, redis_url: str, tmp_path) -
     unsigned = tmp_path / "unsigned-ran"
     wrong_key = tmp_path / "wrong-key-ran"
     raw.lpush(queue, pickle.dumps(_Payload(str(unsigned))))
-    os.environ["MQSERVE_SECRET"] = "a guess"
+    codec.use_secret("a guess")
     try:
         forged = codec.seal(pickle.dumps(_Payload(str(wrong_key))))
     finally:
-        os.environ["MQSERVE_SECRET"] = "correct horse battery staple"
+        codec.use_secret("correct horse battery staple")
     raw.lpush(queue, forged)
     # The replica takes both, refuses them, and keeps serving.
     poll(lambda: raw.llen(queue) == 0, what="the replica to take the forged messages")
@@ -72,12 +71,12 @@ def test_a_caller_without_the_secret_is_refused(signed, redis_url: str) -> None:
     and the caller sees its own timeout."""
     cluster, _ = signed
     handle = serve.run(Echo.bind(), name="sec2", route_prefix="/two")
-    os.environ.pop("MQSERVE_SECRET")
+    codec.use_secret(None)  # this process alone forgets it
     try:
         with pytest.raises(TimeoutError):
             handle.remote(5).result(timeout_s=2)
     finally:
-        os.environ["MQSERVE_SECRET"] = "correct horse battery staple"
+        codec.use_secret("correct horse battery staple")
     keys = Keys(cluster.namespace)
     raw = redis.Redis.from_url(redis_url)
     rid = next(iter(cluster.registry.replicas("sec2", "Echo")))

@@ -74,8 +74,8 @@ def test_liveness_does_not_depend_on_the_machines_clocks(real_registry: Registry
     real_time = time.time
     # Given a worker and a gateway on a machine whose clock is 30 s behind
     monkeypatch.setattr(time, "time", lambda: real_time() - 30)
-    real_registry.register_node("skewed", {"host": "h", "pid": 1, "replicas": 0, "max_replicas": None})
-    real_registry.register_gateway("gateway-skewed", {"host": "h", "port": 1, "pid": 2})
+    real_registry.register_node("skewed", {"host": "h", "pid": 1, "replicas": 0, "max_replicas": None}, 5000)
+    real_registry.register_gateway("gateway-skewed", {"host": "h", "port": 1, "pid": 2}, 5000)
     # When the controller runs on a machine whose clock is 30 s ahead
     monkeypatch.setattr(time, "time", lambda: real_time() + 30)
     live = Controller(real_registry, result_ttl_ms=1000)._live_nodes()
@@ -83,6 +83,20 @@ def test_liveness_does_not_depend_on_the_machines_clocks(real_registry: Registry
     assert set(live) == {"skewed"}
     assert set(real_registry.gateways()) == {"gateway-skewed"}
     assert real_registry.nodes()["skewed"]["heartbeat_age_s"] < 1
+
+
+def test_a_member_whose_alive_key_expires_is_dead_and_buried(real_registry: Registry) -> None:
+    # Given a worker and a gateway that heartbeat once with a short TTL, and then stop
+    real_registry.register_node("quiet", {"host": "h", "pid": 1, "replicas": 0, "max_replicas": None}, 300)
+    real_registry.register_gateway("gateway-quiet", {"host": "h", "port": 1, "pid": 2}, 300)
+    assert 0 <= real_registry.nodes()["quiet"]["heartbeat_age_s"] < 0.3
+    # Then once their keys expire (in Redis's time) they read as gone
+    poll(lambda: real_registry.nodes()["quiet"]["heartbeat_age_s"] is None, timeout_s=5, interval_s=0.02,
+         what="the worker's alive key to expire")
+    assert real_registry.gateways()["gateway-quiet"]["heartbeat_age_s"] is None
+    # And the controller buries the worker and forgets the gateway
+    assert Controller(real_registry, result_ttl_ms=1000)._live_nodes() == {}
+    assert real_registry.nodes() == {} and real_registry.gateways() == {}
 
 
 def test_resign_never_releases_a_lease_taken_over_meanwhile(real_registry: Registry) -> None:

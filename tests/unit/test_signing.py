@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 
+from actors.config import Settings
 from broker import codec
 
 
@@ -20,14 +21,14 @@ class Boom:
         Boom.ran = True
 
 
-def test_without_a_secret_blobs_are_plain(monkeypatch) -> None:
-    monkeypatch.delenv("MQSERVE_SECRET", raising=False)
+def test_without_a_secret_blobs_are_plain() -> None:
+    codec.use_secret(None)
     assert codec.seal(b"abc") == b"abc"
     assert codec.decode_outcome(codec.encode_value(5)) == (True, 5)
 
 
-def test_signed_round_trip_and_refusals(monkeypatch) -> None:
-    monkeypatch.setenv("MQSERVE_SECRET", "s3cret")
+def test_signed_round_trip_and_refusals() -> None:
+    codec.use_secret("s3cret")
     raw = codec.encode_request(req_id="a" * 32, method="__call__", payload=b"x")
     assert codec.decode_request(raw)["message_id"] == "a" * 32
     assert codec.decode_outcome(codec.encode_value([1, 2])) == (True, [1, 2])
@@ -39,10 +40,16 @@ def test_signed_round_trip_and_refusals(monkeypatch) -> None:
     tampered = raw[:-1] + bytes([raw[-1] ^ 1])
     with pytest.raises(codec.ForgedMessageError, match="does not match"):
         codec.decode_request(tampered)
-    monkeypatch.setenv("MQSERVE_SECRET", "other")
+    codec.use_secret("other")
     with pytest.raises(codec.ForgedMessageError, match="does not match"):
         codec.decode_request(raw)
-    monkeypatch.delenv("MQSERVE_SECRET")
+    codec.use_secret(None)
     with pytest.raises(codec.ForgedMessageError, match="without it"):
         codec.decode_request(raw)
     assert not Boom.ran
+
+
+def test_the_secret_is_a_setting_that_is_never_printed() -> None:
+    settings = Settings.from_env({"MQSERVE_SECRET": "hunter2"})
+    assert settings.secret == "hunter2" and "hunter2" not in repr(settings)
+    assert Settings.from_env({}).secret is None
