@@ -19,6 +19,7 @@ __all__ = [
     "DeploymentUnavailableError",
     "RequestCancelledError",
     "DeployFailedError",
+    "UnpicklableDeploymentError",
     "ReplicaDiedError",
     "RequestLostError",
 ]
@@ -70,6 +71,12 @@ class RequestLostError(ServeException, ConnectionError):
 
 class DeployFailedError(ServeException):
     """A deployment could not start (its constructor raised, or its replicas died)."""
+
+
+class UnpicklableDeploymentError(ServeException, TypeError):
+    """A deployment's class, or an argument bound to it, cannot be pickled (a lock, a
+    socket, an open file...), so it cannot reach a replica. Raised by ``serve.run``
+    before anything is deployed. A ``TypeError``, as the pickling error Ray raises."""
 
 
 class RemoteError(ServeException):

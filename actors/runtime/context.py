@@ -13,17 +13,12 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
-import sys
-import sysconfig
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
-
-import cloudpickle
 
 from broker import codec
 from broker.connection import connect, redact
@@ -32,13 +27,14 @@ from broker.keys import Keys
 from broker.registry import Registry
 
 from ..config import ConfigError, Settings, user_config_tag
-from ..deployment import Application, DeploymentPlan, build_app
+from ..deployment import Application, build_app
 from ..exceptions import DeployFailedError, DeploymentUnavailableError, deleted_error, rebuild_remote_error
 from ..handle import DeploymentHandle
 from ..status import ServeStatus, collect_status
 from .caller import close_clients
 from .controller import heartbeat_fresh
 from .local import LocalGateway, LocalNode, LocalRedis
+from .packing import registry_fields
 
 logger = logging.getLogger("mqserve")
 
@@ -109,7 +105,7 @@ class ServeContext:
             raise ConfigError(f"Application '{name}' has no deployment(s) named {', '.join(sorted(unknown))}; "
                               f"it has {', '.join(p.name for p in plans)}.")
         plans = [replace(p, config=p.config.with_options(**(overrides or {}).get(p.name, {}))) for p in plans]
-        fields = {p.name: _registry_fields(p, uuid.uuid4().hex[:12]) for p in plans}
+        fields = {p.name: registry_fields(p, uuid.uuid4().hex[:12]) for p in plans}
         for p in plans:
             # Same code and options but user_config: keep the version, so the running
             # replicas reconfigure in place instead of being replaced (Ray's lightweight update).
@@ -247,80 +243,6 @@ class ServeContext:
 
 def _without_user_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "user_config"}
-
-
-def _registry_fields(plan: DeploymentPlan, version: str) -> dict[str, Any]:
-    sources = _sources(_pickle_user_code_by_value(plan.func_or_class))
-    try:
-        spec = codec.seal(codec.dumps((plan.func_or_class, plan.init_args, plan.init_kwargs, sources)))
-    except Exception as e:
-        raise ConfigError(f"Deployment '{plan.name}' or its bound arguments cannot be pickled: {e}") from e
-    return {"spec": spec, "config": plan.config.to_json(), "version": version,
-            "max_queued": plan.config.max_queued_requests}
-
-
-_LIBRARY_DIRS = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
-_OWN_PACKAGES = ("actors", "broker", "gateway")
-
-
-def _pickle_user_code_by_value(obj: Any) -> list[str]:
-    """Ship the user's own code inside the pickle, so workers need neither its files nor
-    to import (and re-run) it: the module that defines ``obj``, and every module loaded
-    from the same source tree (its local helpers). Returns the files of the code that
-    travels by value (``__main__``'s included, which cloudpickle always ships).
-
-    Installed packages stay by reference: workers have them installed.
-    """
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    if module is None:
-        return []
-    if module.__name__ == "__main__":
-        main_file = getattr(module, "__file__", None)
-        return [os.path.abspath(main_file)] if main_file else []
-    path = _user_source(module)
-    if path is None:
-        return []
-    root = _import_root(path)
-    files = []
-    for other in list(sys.modules.values()):
-        other_path = _user_source(other) if other is not None else None
-        if other_path is not None and (other is module or other_path.startswith(root + os.sep)):
-            try:
-                cloudpickle.register_pickle_by_value(other)
-            except ValueError:
-                continue
-            files.append(other_path)
-    return files
-
-
-def _sources(files: list[str]) -> dict[str, str]:
-    """The text of code shipped by value, keyed by file name: a worker without those
-    files still shows their lines in tracebacks (see ``replica.remember_sources``)."""
-    sources = {}
-    for path in files:
-        try:
-            with open(path, encoding="utf-8") as f:
-                sources[path] = f.read()
-        except (OSError, UnicodeDecodeError):
-            continue
-    return sources
-
-
-def _user_source(module: Any) -> str | None:
-    """The file of a module written by the user (not installed, not mqserve's), or None."""
-    name = getattr(module, "__name__", "") or ""
-    path = getattr(module, "__file__", None)
-    if not path or name == "__main__" or name.split(".")[0] in _OWN_PACKAGES:
-        return None
-    path = os.path.abspath(path)
-    return None if path.startswith(_LIBRARY_DIRS) else path
-
-
-def _import_root(path: str) -> str:
-    """The ``sys.path`` entry that ``path`` was imported from (the longest that holds it)."""
-    roots = [os.path.abspath(p or os.getcwd()) for p in sys.path]
-    holding = [r for r in roots if path.startswith(r + os.sep)]
-    return max(holding, key=len) if holding else os.path.dirname(path)
 
 
 _context: ServeContext | None = None
