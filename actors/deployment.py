@@ -132,6 +132,27 @@ def build_app(app: Application, make_handle: Callable[[str], Any]) -> tuple[str,
     return ingress, plans
 
 
+def check_user_config(plan: DeploymentPlan) -> None:
+    """Refuse a ``user_config`` that no replica could apply, with Ray's errors. Ray finds
+    out when a replica starts; here ``serve.run`` fails before anything is deployed.
+
+    Raises:
+        ConfigError: a ``RayServeException`` and a ``ValueError``, as Ray raises for a
+            function (``ValueError``) and for a class without ``reconfigure``
+            (``RayServeException``).
+    """
+    if plan.config.user_config is None:
+        return
+    if not inspect.isclass(plan.func_or_class):
+        raise ConfigError(
+            f"deployment_def must be a class to use user_config: deployment '{plan.name}' is a function. "
+            "Make it a class with a reconfigure(self, user_config) method, or drop its user_config.")
+    if not callable(getattr(plan.func_or_class, "reconfigure", None)):
+        raise ConfigError(
+            f"user_config specified but deployment {plan.name} missing reconfigure method. "
+            "Add a reconfigure(self, user_config) method to the class, or drop its user_config.")
+
+
 def _unique(name: str, taken: set[str]) -> str:
     if name not in taken:
         return name

@@ -27,7 +27,7 @@ from broker.keys import Keys
 from broker.registry import Registry
 
 from ..config import ConfigError, Settings, user_config_tag
-from ..deployment import Application, build_app
+from ..deployment import Application, build_app, check_user_config
 from ..exceptions import DeployFailedError, DeploymentUnavailableError, deleted_error, rebuild_remote_error
 from ..handle import DeploymentHandle
 from ..status import ServeStatus, collect_status
@@ -105,6 +105,8 @@ class ServeContext:
             raise ConfigError(f"Application '{name}' has no deployment(s) named {', '.join(sorted(unknown))}; "
                               f"it has {', '.join(p.name for p in plans)}.")
         plans = [replace(p, config=p.config.with_options(**(overrides or {}).get(p.name, {}))) for p in plans]
+        for p in plans:
+            check_user_config(p)
         fields = {p.name: registry_fields(p, uuid.uuid4().hex[:12]) for p in plans}
         for p in plans:
             # Same code and options but user_config: keep the version, so the running
