@@ -126,8 +126,13 @@ def run(target: Application, *, name: str = "default", route_prefix: str | None 
 
 
 def status() -> ServeStatus:
-    """Applications, deployments and replica states, in Ray Serve's shape."""
-    ctx = _ctx.current_context()
+    """Applications, deployments and replica states, in Ray Serve's shape.
+
+    Empty (no applications) before anything runs: in local mode nothing is started to
+    answer. With ``MQSERVE_REDIS_URL`` set, it reads the cluster's Redis, as a Ray
+    driver reads its cluster's status, without starting anything.
+    """
+    ctx = _ctx.existing_context()
     return ctx.status() if ctx is not None else ServeStatus()
 
 

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import redis
 
-from . import codec, epoch, scripts
+from . import clock, codec, epoch, scripts
 from .cluster import ClusterRecords
 from .errors import RouteConflictError
 
@@ -43,8 +43,11 @@ class Registry(ClusterRecords):
         ``deployments`` maps name -> {"spec": bytes, "config": json str, "version": str,
         "max_queued": int}. Deployments the previous version had and this one lacks are
         removed. Raises :class:`RouteConflictError` if another app has the route prefix.
+        The record gets ``last_deployed_time_s``, now in Redis's clock (one clock for
+        every process that reads it).
         """
         name = record["name"]
+        record = {**record, "last_deployed_time_s": clock.seconds(self.redis.time())}
         with self.redis.pipeline() as pipe:
             while True:
                 try:

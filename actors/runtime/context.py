@@ -269,6 +269,14 @@ def current_context() -> ServeContext | None:
     return _context
 
 
+def existing_context() -> ServeContext | None:
+    """This process's context, or, with a cluster configured (``MQSERVE_REDIS_URL``), a
+    connection to it (which starts nothing); None in local mode before ``serve.start``."""
+    if _context is None and Settings.from_env().redis_url is None:
+        return None
+    return get_context(start=False)
+
+
 def shutdown_context(*, keep_cluster_apps: bool = False) -> None:
     """Tear down this process's context. ``keep_cluster_apps``: leave the apps deployed on
     a cluster running, as at interpreter exit (Ray Serve's apps outlive their driver);

@@ -154,7 +154,10 @@ class Controller:
             if saved is not None and state.target != saved["target"]:
                 logger.info("autoscaling %s/%s from %d to %d replicas (%d queued, %d running)",
                             app, dep, saved["target"], state.target, load["queued"], load["ongoing"])
-            self.registry.set_scale_state(app, dep, {"version": version, "target": state.target})
+            record: dict[str, Any] = {"version": version, "target": state.target}
+            if saved is not None and saved.get("version") == version and state.target != saved["target"]:
+                record["from"] = saved["target"]  # the autoscaler's own move: serve.status says so
+            self.registry.set_scale_state(app, dep, record)
         return state.target
 
     def _reconcile_deployment(self, app: str, dep: str, version: str, config: DeploymentConfig, target: int,

@@ -122,6 +122,11 @@ def test_autoscaling_follows_queue_depth_up_and_down(fresh: LocalCluster) -> Non
     assert serve.status().applications["auto"].deployments["Slow"].target_replicas == 4
     poll(lambda: running() == 1 and len(fresh.registry.replicas("auto", "Slow")) == 1, timeout_s=30,
          what="scaling back down to min_replicas")
+    # As in Ray, the status says the autoscaler brought it there; the app ran all along
+    dep = poll(lambda: (d := serve.status().applications["auto"].deployments["Slow"]).status == "HEALTHY" and d,
+               timeout_s=10, what="the deployment to be HEALTHY")
+    assert dep.status_trigger == "DOWNSCALE_COMPLETED"
+    assert serve.status().applications["auto"].status == "RUNNING"
 
 
 def test_scale_to_zero_and_back_on_the_first_request(fresh: LocalCluster) -> None:
