@@ -173,7 +173,7 @@ class DeploymentResponse:
         """
         if not _skip_asyncio_check and bridge.running_loop() is not None:
             raise RuntimeError(
-                "Sync methods should not be called from within an asyncio event loop. "
+                "Sync methods should not be called from within an `asyncio` event loop. "
                 "Use `await response` instead of `response.result()`.")
         if self._raw is not None:
             return self._outcome(self._raw)
@@ -315,8 +315,8 @@ class DeploymentResponseGenerator:
 
     def __next__(self) -> Any:
         if bridge.running_loop() is not None:
-            raise RuntimeError("Use `async for` on a DeploymentResponseGenerator inside an event loop; "
-                               "`for` would block it.")
+            raise RuntimeError("Sync methods should not be called from within an `asyncio` event loop. "
+                               "Use `async for` or `await gen.__anext__()` instead of `for` or `next()`.")
         if self._sync is None:
             self._queued.result()  # raises if the call could not be queued
             self._sync = _read_items(self._state)
