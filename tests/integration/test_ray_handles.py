@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from actors import serve
-from actors.exceptions import RayServeException
+from actors.exceptions import RayServeException, RequestCancelledError
 from actors.handle import DeploymentHandle
 
 
@@ -131,3 +131,35 @@ def test_blocking_calls_inside_an_event_loop_raise(serve_instance) -> None:
     assert len(errors) == 2
     for error in errors:
         assert "should not be called from within an `asyncio` event loop" in error
+
+
+@serve.deployment
+class Endless:
+    def forever(self):
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+
+def test_a_cancelled_response_generator_raises_on_the_next_item(serve_instance) -> None:
+    handle = serve.run(Endless.bind(), name="endless", route_prefix=None).options(stream=True)
+    gen = handle.forever.remote()
+    assert next(gen) == 0
+    gen.cancel()
+    with pytest.raises(RequestCancelledError):
+        next(gen)
+
+    async def in_a_loop() -> None:
+        agen = handle.forever.remote()
+        assert await agen.__anext__() == 0
+        agen.cancel()
+        with pytest.raises(RequestCancelledError):
+            await agen.__anext__()
+
+    asyncio.run(in_a_loop())
+    # Cancelled before the first item, too
+    early = handle.forever.remote()
+    early.cancel()
+    with pytest.raises(RequestCancelledError):
+        next(early)
