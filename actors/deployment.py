@@ -2,15 +2,21 @@
 
 An application is a graph of bound deployments; ``build_app`` walks it, names each
 deployment uniquely within the app, and replaces every bound deployment found in
-constructor arguments (also inside lists, tuples, dicts and sets) with a handle.
+constructor arguments with a handle: inside lists, tuples, dicts and sets, and inside
+any other picklable object (a dataclass, a config object), as Ray finds them, by
+pickling the object.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import cloudpickle
 
 from .config import ConfigError, DeploymentConfig
 
@@ -120,7 +126,9 @@ def build_app(app: Application, make_handle: Callable[[str], Any]) -> tuple[str,
         def swap(value: Any) -> Any:
             if isinstance(value, Application):
                 return make_handle(visit(value, path + (id(node),)))
-            return _map_containers(value, swap)
+            if isinstance(value, _CONTAINERS):
+                return _map_containers(value, swap)
+            return _swap_inside(value, swap)
 
         args = tuple(swap(a) for a in node._args)
         kwargs = {k: swap(v) for k, v in node._kwargs.items()}
@@ -160,6 +168,52 @@ def _unique(name: str, taken: set[str]) -> str:
     while f"{name}_{i}" in taken:
         i += 1
     return f"{name}_{i}"
+
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+def _swap_inside(value: Any, swap: Callable[[Any], Any]) -> Any:
+    """``value`` with the applications it holds swapped, found by pickling it (a copy;
+    ``value`` itself if it holds none, or cannot be pickled: that error is reported
+    where the deployment is registered, naming it)."""
+    if isinstance(value, _PLAIN) or inspect.isclass(value) or inspect.isroutine(value):
+        return value
+    found: list[Application] = []
+    buffer = io.BytesIO()
+    try:
+        _Finder(buffer, found).dump(value)
+    except Exception:
+        return value
+    if not found:
+        return value
+    return _Filler(io.BytesIO(buffer.getvalue()), [swap(app) for app in found]).load()
+
+
+class _Finder(cloudpickle.Pickler):
+    """Pickles a value, leaving a numbered reference where an application stands."""
+
+    def __init__(self, file: io.BytesIO, found: list[Application]) -> None:
+        super().__init__(file)
+        self.found = found
+
+    def persistent_id(self, obj: Any) -> int | None:
+        if isinstance(obj, Application):
+            self.found.append(obj)
+            return len(self.found) - 1
+        return None
+
+
+class _Filler(pickle.Unpickler):
+    """Unpickles what :class:`_Finder` wrote, with each reference's replacement."""
+
+    def __init__(self, file: io.BytesIO, replacements: list[Any]) -> None:
+        super().__init__(file)
+        self.replacements = replacements
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self.replacements[pid]
 
 
 def _map_containers(value: Any, fn: Callable[[Any], Any]) -> Any:

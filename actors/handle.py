@@ -173,7 +173,7 @@ class DeploymentResponse:
         """
         if not _skip_asyncio_check and bridge.running_loop() is not None:
             raise RuntimeError(
-                "Sync methods should not be called from within an asyncio event loop. "
+                "Sync methods should not be called from within an `asyncio` event loop. "
                 "Use `await response` instead of `response.result()`.")
         if self._raw is not None:
             return self._outcome(self._raw)
@@ -252,6 +252,7 @@ class _StreamState:
         self.req_id = req_id
         self.stopped = False
         self.ended = False
+        self.cancelled = False
 
     def is_stopped(self) -> bool:
         return self.stopped
@@ -315,8 +316,9 @@ class DeploymentResponseGenerator:
 
     def __next__(self) -> Any:
         if bridge.running_loop() is not None:
-            raise RuntimeError("Use `async for` on a DeploymentResponseGenerator inside an event loop; "
-                               "`for` would block it.")
+            raise RuntimeError("Sync methods should not be called from within an `asyncio` event loop. "
+                               "Use `async for` or `await gen.__anext__()` instead of `for` or `next()`.")
+        self._raise_if_cancelled()
         if self._sync is None:
             self._queued.result()  # raises if the call could not be queued
             self._sync = _read_items(self._state)
@@ -326,14 +328,22 @@ class DeploymentResponseGenerator:
         return self
 
     async def __anext__(self) -> Any:
+        self._raise_if_cancelled()
         if self._async is None:
             await bridge.wait(self._queued)
             self._async = _aread_items(self._state)
         return await self._async.__anext__()
 
     def cancel(self) -> None:
-        """Stop reading and stop the generator on the replica."""
+        """Stop reading and stop the generator on the replica; reading on raises
+        ``RequestCancelledError``, as in Ray."""
+        if not self._state.ended:
+            self._state.cancelled = True
         self._state.close()
+
+    def _raise_if_cancelled(self) -> None:
+        if self._state.cancelled:
+            raise cancelled_error(self._state.req_id)
 
     def close(self) -> None:
         """As for a generator: stop early (the replica's generator stops too)."""

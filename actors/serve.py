@@ -38,7 +38,7 @@ _UNSET: Any = object()
 
 
 def deployment(
-    _func_or_class: Callable[..., Any] | None = None,
+    _func_or_class: Callable[..., Any] | str | None = None,
     *,
     name: str | None = None,
     num_replicas: int | str | None = _UNSET,
@@ -82,6 +82,10 @@ def deployment(
     def decorate(func_or_class: Callable[..., Any]) -> Deployment:
         return Deployment(func_or_class, name or func_or_class.__name__, config)
 
+    if isinstance(_func_or_class, str):  # @serve.deployment("name", ...), as Ray allows
+        if name is not None and name != _func_or_class:
+            raise ConfigError(f"@serve.deployment got two names: {_func_or_class!r} and name={name!r}")
+        name, _func_or_class = _func_or_class, None
     return decorate(_func_or_class) if _func_or_class is not None else decorate
 
 

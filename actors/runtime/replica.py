@@ -229,7 +229,13 @@ class Replica:
         self.loop_thread.start(timeout=10)
         self.aio = connect_async(self.url)  # used on the loop only
         if inspect.isclass(func_or_class):
-            self.target = func_or_class(*args, **kwargs)
+            if inspect.iscoroutinefunction(func_or_class.__init__):
+                # An async constructor (Ray awaits it): build the object, then await its
+                # __init__ on the replica's loop, where its async methods will run.
+                self.target = func_or_class.__new__(func_or_class)
+                self._call(self.target.__init__, args, kwargs)
+            else:
+                self.target = func_or_class(*args, **kwargs)
             reconfigure = getattr(self.target, "reconfigure", None)
             if config.user_config is not None and callable(reconfigure):
                 self._call(reconfigure, (config.user_config,), {})

@@ -30,7 +30,7 @@ from broker.keys import Keys
 from broker.queue import STREAMED
 from broker.streams import StreamWriter
 
-from ..exceptions import RequestCancelledError
+from ..exceptions import RayServeException, RequestCancelledError
 from ..handle import load_call_args
 from . import bridge, http
 from .caller import get_client
@@ -144,12 +144,14 @@ class Requests:
     def _method(self, name: str) -> Callable[..., Any]:
         if self.is_function:
             if name != "__call__":
-                raise AttributeError(f"Function deployment '{self.deployment}' has no method '{name}'; "
+                raise RayServeException(f"Function deployment '{self.deployment}' has no method '{name}'; "
                                      "call the handle itself.")
             return self.target
         method = getattr(self.target, name, None)
         if method is None or not callable(method):
-            raise AttributeError(f"Deployment '{self.deployment}' has no method '{name}'.")
+            available = [a for a in dir(self.target) if not a.startswith("__") and callable(getattr(self.target, a))]
+            raise RayServeException(f"Tried to call a method '{name}' that does not exist. "
+                                    f"Available methods: {available}.")
         return method
 
     def _writer(self, message: dramatiq.Message[Any]) -> StreamWriter:

@@ -146,11 +146,6 @@ def test_user_exception_keeps_its_class_and_remote_traceback(echo: DeploymentHan
         echo.value_error.remote().result()
 
 
-def test_unknown_method_is_a_clear_error(echo: DeploymentHandle) -> None:
-    with pytest.raises(AttributeError, match="no method 'nope'"):
-        echo.nope.remote().result()
-
-
 def test_result_timeout_raises_timeout_error(echo: DeploymentHandle) -> None:
     response = echo.sleep.remote(1.0)
     with pytest.raises(TimeoutError):
