@@ -12,13 +12,11 @@ replica's concurrency so queued work stays in Redis where any idle replica can t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
-from concurrent.futures import Future
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import dramatiq
@@ -27,7 +25,7 @@ from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.errors import BrokerConnectionError
 
 from . import clock, codec, scripts
-from .connection import connect, connect_async
+from .connection import connect
 from .keys import Keys
 
 logger = logging.getLogger(__name__)
@@ -40,19 +38,24 @@ ABANDONED_CHECK_S = 5.0
 #: The outcome of a streamed request: its items and errors went to its stream.
 STREAMED = b""
 
+#: A taken message (as the actor got it) and its encoded outcome.
+Done = tuple[Any, bytes]
+
 
 class _Proxy(MessageProxy):
     """A message plus the exact bytes it was queued as (needed to remove it by value).
 
-    The actor sets ``outcome``: the future of the request's encoded outcome, resolved
-    already for work done on the worker thread, later for work that continues on an
-    event loop after the actor returned.
+    The actor either sets ``outcome``, the request's encoded outcome, which the ack
+    writes; or, when the work goes on after the actor returned (on an event loop), sets
+    ``deferred``: the message then keeps its slot until whoever finishes the work writes
+    its outcome with :meth:`ServeBroker.complete` or :meth:`ServeBroker.complete_async`.
     """
 
     def __init__(self, message: dramatiq.Message[Any], raw: bytes) -> None:
         super().__init__(message)
         self.raw = raw
-        self.outcome: Future[bytes] | None = None
+        self.outcome: bytes | None = None
+        self.deferred = False
 
 
 class ServeBroker(dramatiq.Broker):
@@ -93,6 +96,44 @@ class ServeBroker(dramatiq.Broker):
         consumer = getattr(self, "consumer", None)
         return True if consumer is None else consumer.wait_idle(timeout_s, check_every_s)
 
+    def complete(self, done: Sequence[Done]) -> bool:
+        """Write the outcomes of deferred requests in one round trip and free their slots.
+
+        False if Redis is unreachable: nothing was freed, try again later (a script error
+        is not retried: the slots are freed, as the ack would)."""
+        try:
+            results = self._completion(done).execute(self.client)
+        except redis.RedisError as e:
+            results = [e]
+        return self._completed(done, results, redis.ConnectionError)
+
+    async def complete_async(self, client: Any, done: Sequence[Done]) -> bool:
+        """The same on a ``redis.asyncio`` client (the event loop's own connection)."""
+        try:
+            results = await self._completion(done).execute_async(client)
+        except (redis.RedisError, OSError) as e:
+            results = [e]
+        return self._completed(done, results, (redis.ConnectionError, OSError))
+
+    def _queue_complete(self, batch: scripts.Batch, message: Any, outcome: bytes) -> None:
+        """Add ``complete.lua`` for one taken message to ``batch``."""
+        scripts.complete(batch, self.keys, message.message_id, outcome,
+                         reply_to=message.options.get("reply_to", ""), processing_key=self.processing_key,
+                         raw=message.raw, ttl_ms=self.result_ttl_ms, publish=outcome != STREAMED)
+
+    def _completion(self, done: Sequence[Done]) -> scripts.Batch:
+        batch = scripts.Batch()
+        for message, outcome in done:
+            self._queue_complete(batch, message, outcome)
+        return batch
+
+    def _completed(self, done: Sequence[Done], results: list[Any],
+                   unreachable: type[Exception] | tuple[type[Exception], ...]) -> bool:
+        if any(isinstance(r, unreachable) for r in results):
+            return False
+        self.consumer.release(len(done))
+        return True
+
     def declare_queue(self, queue_name: str) -> None:
         if queue_name not in self.queues:
             self.emit_before("declare_queue", queue_name)
@@ -129,7 +170,6 @@ class _BlockingConsumer(Consumer):
         self.slots = threading.Condition()
         self.taken: deque[_Proxy] = deque()  # taken from Redis, not yet handed to Dramatiq
         self.busy = False  # the last fetch found work: try a batch next
-        self.completer = _Completer(self)
 
     def __next__(self) -> MessageProxy | None:
         if self.taken and not self.broker.draining.is_set():
@@ -210,7 +250,7 @@ class _BlockingConsumer(Consumer):
         self.taken.clear()
         if taken:
             self._put_back([m.raw for m in taken])
-            self._release(len(taken))
+            self.release(len(taken))
         deadline = time.monotonic() + timeout_s
         with self.slots:
             while self.unfinished > 0:
@@ -235,20 +275,17 @@ class _BlockingConsumer(Consumer):
     def _finish(self, message: Any) -> None:
         """Write the outcome, notify waiters and drop the message from processing: one script.
 
-        Work still running keeps its slot until its outcome resolves; the completer then
-        writes it, batched with others, so no worker thread waits on it.
+        A deferred request keeps its slot: its outcome is written later, with others,
+        by whoever finishes its work, so no consumer or worker thread waits on it.
         """
-        future = message.outcome
-        if future is None:  # the actor itself failed: answer rather than leave the caller waiting
+        if message.deferred:
+            return
+        outcome = message.outcome
+        if outcome is None:  # the actor itself failed: answer rather than leave the caller waiting
             error = message._exception or RuntimeError("the request failed inside mqserve")
             outcome = codec.encode_error(error)
-        elif not future.done():
-            future.add_done_callback(lambda fut: self.completer.post(message, fut.result()))
-            return
-        else:
-            outcome = future.result()
         batch = scripts.Batch()
-        self._complete(batch, message, outcome)
+        self.broker._queue_complete(batch, message, outcome)
         try:
             error = batch.execute(self.broker.client)[0]
         except redis.RedisError as e:
@@ -256,14 +293,10 @@ class _BlockingConsumer(Consumer):
         if isinstance(error, Exception):
             # Dramatiq retries post-processing on connection errors until Redis is back.
             raise BrokerConnectionError(str(error)) from error
-        self._release(1)
+        self.release(1)
 
-    def _complete(self, batch: scripts.Batch, message: Any, outcome: bytes) -> None:
-        scripts.complete(batch, self.broker.keys, message.message_id, outcome,
-                         reply_to=message.options.get("reply_to", ""), processing_key=self.broker.processing_key,
-                         raw=message.raw, ttl_ms=self.broker.result_ttl_ms, publish=outcome != STREAMED)
-
-    def _release(self, n: int) -> None:
+    def release(self, n: int) -> None:
+        """Free ``n`` slots: their messages are answered (or back in the queue)."""
         with self.slots:
             self.unfinished -= n
             self.slots.notify_all()  # the consumer thread and a draining replica both wait here
@@ -273,7 +306,7 @@ class _BlockingConsumer(Consumer):
         raws = [m.raw for m in messages]
         if raws:
             self._put_back(raws)
-            self._release(len(raws))
+            self.release(len(raws))
 
     def _put_back(self, raws: list[bytes]) -> None:
         pipe = self.broker.client.pipeline()
@@ -286,96 +319,5 @@ class _BlockingConsumer(Consumer):
         try:
             self.requeue(list(self.taken))
             self.taken.clear()
-            self.completer.close()
         finally:
             self.conn.close()
-
-
-class _Completer:
-    """Writes the outcomes of deferred (event-loop) work, many per round trip.
-
-    Outcomes reported on an event loop are written from that loop with an asyncio
-    connection (no thread hop); others go through the completer thread.
-    """
-
-    def __init__(self, consumer: _BlockingConsumer) -> None:
-        self.consumer = consumer
-        self.pending: list[tuple[Any, bytes]] = []
-        self.cond = threading.Condition()
-        self.closed = False
-        self.on_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bytes]]] = {}
-        self.aio: dict[asyncio.AbstractEventLoop, Any] = {}
-        self.thread = threading.Thread(target=self._run, name="mqserve-completer", daemon=True)
-        self.thread.start()
-
-    def post(self, message: Any, outcome: bytes) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._post_to_thread([(message, outcome)])
-            return
-        items = self.on_loop.setdefault(loop, [])
-        items.append((message, outcome))
-        if len(items) == 1:
-            loop.call_soon(self._flush_loop, loop)
-
-    def _flush_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        items = self.on_loop.pop(loop, [])
-        if items:
-            loop.create_task(self._write_on_loop(loop, items))
-
-    async def _write_on_loop(self, loop: asyncio.AbstractEventLoop, items: list[tuple[Any, bytes]]) -> None:
-        client = self.aio.get(loop)
-        if client is None:
-            client = self.aio[loop] = connect_async(self.consumer.broker.url)
-        batch = self._batch(items)
-        try:
-            results = await batch.execute_async(client)
-        except (redis.RedisError, OSError) as e:
-            results = [e]
-        if any(isinstance(r, (redis.ConnectionError, OSError)) for r in results):
-            self._post_to_thread(items)  # the thread retries until Redis is back
-            return
-        self.consumer._release(len(items))
-
-    def _post_to_thread(self, items: list[tuple[Any, bytes]]) -> None:
-        with self.cond:
-            self.pending.extend(items)
-            self.cond.notify()
-
-    def _batch(self, items: list[tuple[Any, bytes]]) -> scripts.Batch:
-        batch = scripts.Batch()
-        for message, outcome in items:
-            self.consumer._complete(batch, message, outcome)
-        return batch
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify()
-        self.thread.join(timeout=5)
-        for loop, client in self.aio.items():
-            try:
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=2)
-            except Exception:  # the loop is already gone
-                pass
-
-    def _run(self) -> None:
-        while True:
-            with self.cond:
-                while not self.pending and not self.closed:
-                    self.cond.wait()
-                if not self.pending:
-                    return
-                items, self.pending = self.pending, []
-            try:
-                results = self._batch(items).execute(self.consumer.broker.client)
-            except redis.RedisError as e:
-                results = [e]
-            if any(isinstance(r, redis.ConnectionError) for r in results):
-                logger.warning("mqserve: Redis unreachable while writing %d outcome(s); retrying", len(items))
-                with self.cond:
-                    self.pending[:0] = items
-                    self.cond.wait(1.0)
-                continue
-            self.consumer._release(len(items))

@@ -42,6 +42,7 @@ from ..config import DeploymentConfig, Settings, user_config_tag
 from . import bridge
 from .caller import close_clients
 from .cancellation import Cancellations
+from .outcomes import OutcomeWriter
 from .procs import on_stdin_eof, setup_logging
 from .requests import Requests
 
@@ -119,6 +120,7 @@ class Replica:
             logger.warning("requests still running after graceful_shutdown_timeout_s=%s; stopping anyway",
                            config.graceful_shutdown_timeout_s)
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
+        self.outcomes.close()
         broker.close()
         close_clients()
         if self.loop_thread is not None:
@@ -252,9 +254,9 @@ class Replica:
 
     def _handle_request(self, *_args: Any) -> None:
         """The Dramatiq actor: hands the message to :class:`Requests`, and the future of
-        its outcome to the consumer's ack, which writes it once resolved."""
+        its outcome to the :class:`OutcomeWriter`, which has it written once resolved."""
         message: Any = CurrentMessage.get_current_message()
-        message.outcome = self.requests.run(message)
+        self.outcomes.settle(message, self.requests.run(message))
 
     def _start_worker(self, config: DeploymentConfig) -> tuple[dramatiq.Worker, ServeBroker]:
         assert self.loop_thread is not None
@@ -264,6 +266,7 @@ class Replica:
         broker = ServeBroker(self.url, self.keys, queue_key=self.keys.queue(self.app, self.deployment),
                              processing_key=self.keys.processing(self.replica_id),
                              result_ttl_ms=self.result_ttl_ms, middleware=[CurrentMessage()])
+        self.outcomes = OutcomeWriter(broker)
         dramatiq.Actor(self._handle_request, broker=broker, actor_name=codec.REQUEST_ACTOR,
                        queue_name=codec.REQUEST_QUEUE, priority=0, options={})
         concurrency = config.max_ongoing_requests
