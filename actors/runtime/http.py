@@ -24,9 +24,9 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from broker import codec
 from broker.queue import STREAMED
-from broker.streams import StreamWriter
 
 from . import bridge
+from .streaming import StreamWriter
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]

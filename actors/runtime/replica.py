@@ -44,7 +44,7 @@ from .caller import close_clients
 from .cancellation import Cancellations
 from .outcomes import OutcomeWriter
 from .procs import on_stdin_eof, setup_logging
-from .requests import Requests
+from .requests import RedisTransport, Requests
 
 logger = logging.getLogger("mqserve.replica")
 
@@ -260,9 +260,9 @@ class Replica:
 
     def _start_worker(self, config: DeploymentConfig) -> tuple[dramatiq.Worker, ServeBroker]:
         assert self.loop_thread is not None
+        transport = RedisTransport(url=self.url, keys=self.keys, result_ttl_ms=self.result_ttl_ms, aio=self.aio)
         self.requests = Requests(target=self.target, is_function=self.is_function, deployment=self.deployment,
-                                 url=self.url, keys=self.keys, result_ttl_ms=self.result_ttl_ms,
-                                 loop=self.loop_thread.loop, aio=self.aio, cancels=self.cancels)
+                                 transport=transport, loop=self.loop_thread.loop, cancels=self.cancels)
         broker = ServeBroker(self.url, self.keys, queue_key=self.keys.queue(self.app, self.deployment),
                              processing_key=self.keys.processing(self.replica_id),
                              result_ttl_ms=self.result_ttl_ms, middleware=[CurrentMessage()])

@@ -12,6 +12,11 @@ whatever the user code returns or raises becomes the outcome.
 - An HTTP request runs through the ingress on the loop (``http``).
 
 Requests cancelled before they start never run (``cancellation``).
+
+What a request needs from Redis comes through a :class:`Transport`: the sink of its
+response stream and the client that reads chained arguments. A replica passes a
+:class:`RedisTransport`; unit tests pass an in-memory one (as Dramatiq's tests run on
+its ``StubBroker``), so every kind of request runs there without Redis.
 """
 
 from __future__ import annotations
@@ -21,35 +26,62 @@ import concurrent.futures
 import inspect
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import dramatiq
 
 from broker import codec
 from broker.keys import Keys
 from broker.queue import STREAMED
-from broker.streams import StreamWriter
+from broker.streams import StreamSink
 
 from ..exceptions import RayServeException, RequestCancelledError
 from ..handle import load_call_args
 from . import bridge, http
-from .caller import get_client
+from .caller import CallClient, get_client
 from .cancellation import Cancellations
-from .streaming import drive
+from .streaming import Sink, StreamWriter, drive
 
 logger = logging.getLogger("mqserve.replica")
 
 Outcome = concurrent.futures.Future[bytes]
 
 
+class Transport(Protocol):
+    """What running requests needs from Redis."""
+
+    def stream(self, req_id: str, inbox: str) -> Sink:
+        """The sink of request ``req_id``'s response stream (``inbox``: its caller's)."""
+        ...
+
+    def calls(self) -> CallClient:
+        """The client that reads the results a request's arguments are chained to."""
+        ...
+
+
+class RedisTransport:
+    """A replica's transport: its loop's asyncio connection and the process's caller client."""
+
+    def __init__(self, *, url: str, keys: Keys, result_ttl_ms: int, aio: Any) -> None:
+        self.url, self.keys, self.result_ttl_ms = url, keys, result_ttl_ms
+        self.aio = aio  # a redis.asyncio client, used on the replica's loop only
+
+    def stream(self, req_id: str, inbox: str) -> StreamSink:
+        return StreamSink(self.aio, self.keys, req_id, inbox=inbox, ttl_ms=self.result_ttl_ms)
+
+    def calls(self) -> CallClient:
+        # Looked up per request, not kept: the process's client is created on first use
+        # (it connects to Redis) and again if it was closed.
+        return get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
+
+
 class Requests:
     """Runs the requests of one replica: its user object, its loop, its cancellations."""
 
-    def __init__(self, *, target: Any, is_function: bool, deployment: str, url: str, keys: Keys,
-                 result_ttl_ms: int, loop: asyncio.AbstractEventLoop, aio: Any, cancels: Cancellations) -> None:
+    def __init__(self, *, target: Any, is_function: bool, deployment: str, transport: Transport,
+                 loop: asyncio.AbstractEventLoop, cancels: Cancellations) -> None:
         self.target, self.is_function, self.deployment = target, is_function, deployment
-        self.url, self.keys, self.result_ttl_ms = url, keys, result_ttl_ms
-        self.loop, self.aio, self.cancels = loop, aio, cancels
+        self.transport, self.loop, self.cancels = transport, loop, cancels
         self._ingress: http.ASGIApp | None = None
 
     def run(self, message: dramatiq.Message[Any]) -> Outcome:
@@ -69,8 +101,7 @@ class Requests:
 
     def _unary(self, req_id: str, method: str, payload: bytes, refs: tuple[str, ...]) -> Outcome:
         self._refuse_if_cancelled(req_id)
-        args, kwargs = load_call_args(get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms),
-                                      payload, refs)
+        args, kwargs = load_call_args(self.transport.calls(), payload, refs)
         self._refuse_if_cancelled(req_id)  # while it waited for its arguments
         result = self._method(method)(*args, **kwargs)
         if inspect.isawaitable(result):
@@ -82,8 +113,7 @@ class Requests:
         writer = self._writer(message)
         what = f"Method '{method}' of deployment '{self.deployment}'"
         try:
-            args, kwargs = load_call_args(get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms),
-                                          payload, refs)
+            args, kwargs = load_call_args(self.transport.calls(), payload, refs)
             return drive(self._method(method)(*args, **kwargs), writer, self.loop, what)
         except Exception as e:
             logger.error("%s failed", what, exc_info=e)
@@ -155,8 +185,8 @@ class Requests:
         return method
 
     def _writer(self, message: dramatiq.Message[Any]) -> StreamWriter:
-        return StreamWriter(self.aio, self.keys, message.message_id, self.loop, self.result_ttl_ms,
-                            inbox=message.options.get("reply_to", ""))
+        return StreamWriter(self.transport.stream(message.message_id, message.options.get("reply_to", "")),
+                            self.loop)
 
     def _asgi_app(self) -> http.ASGIApp:
         if self._ingress is None:

@@ -2,8 +2,8 @@
 
 A sync generator runs on the Dramatiq worker thread that took the request (the
 replica's thread pool); an async generator runs on the replica's event loop. Either
-way items go to a :class:`broker.streams.StreamWriter`, and the generator is closed
-as soon as the reader stops early.
+way items go to a :class:`StreamWriter`, which writes them from the loop, and the
+generator is closed as soon as the reader stops early.
 """
 
 from __future__ import annotations
@@ -12,17 +12,125 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from broker import codec
 from broker.queue import STREAMED
-from broker.streams import StreamWriter
+from broker.streams import ANNOUNCE, END, ERROR, ITEMS, encode_items
 
 from . import bridge
 
 logger = logging.getLogger("mqserve.replica")
+
+#: Seconds between two checks of the cancel flag while a generator yields nothing.
+CANCEL_CHECK_S = 0.5
+
+
+class Sink(Protocol):
+    """Where a writer's entries go: :class:`broker.streams.StreamSink` (Redis) in a
+    replica, an in-memory fake in unit tests."""
+
+    async def write(self, entries: list[tuple[bytes, bytes]]) -> bool: ...
+
+    async def stop_requested(self) -> bool: ...
+
+    async def drop(self) -> None: ...
+
+
+class StreamWriter:
+    """Writes one response's stream from an event loop; fed from any thread.
+
+    Items put while a write is in flight travel together in the next one, so a fast
+    generator costs one round trip per batch, and a slow one still sends each item at
+    once. ``on_cancel`` is called (on the loop) once the reader has asked to stop.
+    """
+
+    def __init__(self, sink: Sink, loop: asyncio.AbstractEventLoop,
+                 on_cancel: Callable[[], object] | None = None) -> None:
+        self.sink = sink
+        self.loop = loop
+        self.on_cancel = on_cancel
+        self.lock = threading.Lock()
+        self.entries: list[tuple[bytes, bytes]] = []  # (kind, payload) waiting to be written
+        self.items: list[Any] = []
+        self.finished = False
+        self.cancelled = False
+        self.wake = asyncio.Event()
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        bridge.submit(loop, self._run())
+
+    # Producer side (any thread) -----------------------------------------------------------
+    def announce(self, outcome: bytes) -> None:
+        """Reply to the caller now (it learns the response streams), before any item."""
+        self._add(lambda: self.entries.append((ANNOUNCE, outcome)))
+
+    def put(self, item: Any) -> bool:
+        """Queue an item; True if the writer was idle (it has just been woken)."""
+        return self._add(lambda: self.items.append(item))
+
+    def finish(self, error: bytes | None = None) -> None:
+        """End the stream, with an encoded error outcome if the generator raised."""
+        def add() -> None:
+            self._flush_items()
+            self.entries.append((ERROR, error) if error is not None else (END, b"1"))
+            self.finished = True
+
+        self._add(add)
+
+    def _add(self, change: Callable[[], None]) -> bool:
+        with self.lock:
+            idle = not self.entries and not self.items and not self.finished
+            change()
+        if idle:
+            if bridge.running_loop() is self.loop:
+                self.wake.set()
+            else:
+                self.loop.call_soon_threadsafe(self.wake.set)
+        return idle
+
+    def _flush_items(self) -> None:
+        # Caller holds self.lock.
+        if self.items:
+            self.entries.append((ITEMS, encode_items(self.items)))
+            self.items = []
+
+    # Writer side (the loop) ----------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), CANCEL_CHECK_S)
+                except asyncio.TimeoutError:
+                    if await self.sink.stop_requested():
+                        self._cancel()
+                    continue
+                self.wake.clear()
+                with self.lock:
+                    self._flush_items()
+                    entries, self.entries = self.entries, []
+                    finished = self.finished
+                if self.cancelled:  # nobody reads any more: drop what is left
+                    await self.sink.drop()
+                elif await self.sink.write(entries):
+                    self._cancel()
+                    await self.sink.drop()
+                if finished:
+                    return
+        except BaseException as e:
+            self.done.set_exception(e)
+            raise
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def _cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            if self.on_cancel is not None:
+                self.on_cancel()
 
 
 def not_a_generator(what: str, result: Any) -> TypeError:
