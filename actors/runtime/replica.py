@@ -109,6 +109,12 @@ class Replica:
             bridge.submit(self.loop_thread.loop, self._watch_health(check, config))
         logger.info("replica %s of %s/%s is serving", self.replica_id, self.app, self.deployment)
         self.stop_requested.wait()
+        self._stop(worker, broker, config)
+        return 0
+
+    def _stop(self, worker: dramatiq.Worker, broker: ServeBroker, config: DeploymentConfig) -> None:
+        """Let in-flight requests finish (within the graceful timeout), then close what
+        the replica opened, the event loop last: async work and outcome writes run on it."""
         broker.draining.set()  # before STOPPING is visible: a deploy waiting on it may return
         try:
             if not self.unhealthy:
@@ -129,7 +135,6 @@ class Replica:
             except Exception as e:
                 logger.info("event loop did not wind down cleanly: %s", e)
             self.loop_thread.stop()
-        return 0
 
     def _follow_events(self) -> None:
         """Cancel running async requests whose callers cancelled them, apply a new
