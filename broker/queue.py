@@ -99,8 +99,8 @@ class ServeBroker(dramatiq.Broker):
     def complete(self, done: Sequence[Done]) -> bool:
         """Write the outcomes of deferred requests in one round trip and free their slots.
 
-        False if Redis is unreachable: nothing was freed, try again later (a script error
-        is not retried: the slots are freed, as the ack would)."""
+        False if Redis is unreachable: nothing was freed, try again later. Other errors
+        are not retried and the slots are freed, so that no outcome holds a slot forever."""
         try:
             results = self._completion(done).execute(self.client)
         except redis.RedisError as e:
