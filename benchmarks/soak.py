@@ -228,17 +228,15 @@ def key_census(r: Any, ns: str, with_ttl: bool = False) -> dict[str, Any]:
 
 
 def driver_client_state() -> dict[str, int]:
-    """Sizes of this process's CallClient maps (pending futures, owners, shared ids), and
-    how many objects its garbage collector tracks."""
+    """How many requests this process's CallClients still track, their event loop channels,
+    and how many objects its garbage collector tracks."""
     import gc
 
-    from broker import calls
+    from actors.runtime import caller
 
-    out = {"waiters": 0, "owners": 0, "shared": 0, "channels": 0, "gc_objects": len(gc.get_objects())}
-    for client in list(calls._clients.values()):
-        out["waiters"] += len(client._waiters)
-        out["owners"] += len(client._owners)
-        out["shared"] += len(client._shared)
+    out = {"pending": 0, "channels": 0, "gc_objects": len(gc.get_objects())}
+    for client in list(caller._clients.values()):
+        out["pending"] += len(client._pending)
         out["channels"] += len(client._channels)
     return out
 
@@ -538,10 +536,9 @@ def growth(res: dict[str, Any]) -> dict[str, Any]:
     c0, c1 = res["start"]["redis_clients"], wins[-1]["redis_clients"]
     if c1 > 1.2 * c0 and c1 - c0 > 10:
         found.append(f"redis connected_clients {c0} -> {c1} under load")
-    for field in ("waiters", "owners", "shared"):
-        d0, d1 = wins[0]["driver"][field], wins[-1]["driver"][field]
-        if d1 > 1.2 * d0 and d1 - d0 > 100:
-            found.append(f"driver CallClient._{field} {d0} -> {d1} entries (first -> last window)")
+    d0, d1 = wins[0]["driver"]["pending"], wins[-1]["driver"]["pending"]
+    if d1 > 1.2 * d0 and d1 - d0 > 100:
+        found.append(f"driver CallClient._pending {d0} -> {d1} requests (first -> last window)")
     ib, ia = res["idle_before"]["keys"], res["idle_after"]["keys"]
     if ia > ib:
         found.append(f"redis keys at idle {ib} before the load, {ia} {res['idle_after']['waited_s']} s after it "

@@ -17,7 +17,8 @@ A request's outcome is written under its result key too. The listener deletes th
 key once it has delivered the reply, unless the response was passed to another call by
 reference: then the downstream replicas read the key (see ``watch``), and it goes when
 the last promised read is done (``settle.lua``). The promise is this process's count of
-the reads it made possible, sent when the response object is dropped.
+the reads it made possible, sent when the response object is dropped. What the client
+keeps of each request to decide both is in :mod:`actors.runtime.pending`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -50,6 +50,7 @@ from ..exceptions import (
 )
 from . import bridge
 from .channel import RECONNECT_PAUSE_S, Add, Done, LoopChannel
+from .pending import PendingRequests, Settle
 
 logger = logging.getLogger(__name__)
 
@@ -69,22 +70,8 @@ class CallClient:
         self.client_name = f"mqserve-caller-{os.getpid()}"
         self._redis = connect(url, client_name=self.client_name)
         clock.sync(self._redis)  # requests are stamped in Redis's time from the first one
-        self._lock = threading.Lock()
-        #: Futures waiting for a request's outcome, by request id: its caller's own reply
-        #: and any number of reads of its result key (``watch``).
-        self._waiters: dict[str, list[Future[bytes]]] = {}
-        #: The caller's reply future of each unary request sent from here, until it comes.
-        #: Only such a reply deletes the result key after delivering it.
-        self._owners: dict[str, Future[bytes]] = {}
-        #: Responses of this process passed to other calls by reference: how many reads of
-        #: their result key this process made possible (consumers plus its own reads). The
-        #: key stays while the response lives; see ``release``.
-        self._holds: dict[str, int] = {}
-        #: Responses dropped by their objects (any thread, even a GC pass: no lock taken),
-        #: then settled by the listener on its next round trip.
-        self._dropped: deque[str] = deque()
-        #: ``settle.lua`` calls for the listener's next round trip: (id, promised or "", reads).
-        self._settles: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()  # the channels, and closing
+        self._pending = PendingRequests()
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopChannel] = \
             weakref.WeakKeyDictionary()
         self._closed = False
@@ -122,11 +109,8 @@ class CallClient:
             elif not expect_reply:
                 self._deliver(req_id, b"")
 
-        with self._lock:
-            self._check_open()
-            self._waiters.setdefault(req_id, []).append(fut)
-            if expect_reply:
-                self._owners[req_id] = fut
+        self._check_open()
+        self._pending.add(req_id, fut, owner=expect_reply)
         self._send(add, done)
         return fut
 
@@ -134,10 +118,8 @@ class CallClient:
         """A response of this process is passed to another call: its outcome, to travel
         inline, if it has come; else None, and the call reads the result key itself
         (the id goes in its ``consumes``), which stays until :meth:`release`."""
-        with self._lock:
-            if req_id in self._owners or req_id in self._holds:
-                self._holds[req_id] = self._holds.get(req_id, 0) + 1
-                return None
+        if self._pending.pass_on(req_id):
+            return None
         # The reply was delivered or the call failed (its future is being set right now,
         # at worst by the listener thread).
         try:
@@ -151,7 +133,7 @@ class CallClient:
     def release(self, req_id: str) -> None:
         """A response passed on by reference was dropped: nothing here reads its key any
         more. Safe from any thread and from ``__del__`` (takes no lock)."""
-        self._dropped.append(req_id)
+        self._pending.drop(req_id)
 
     def watch(self, req_id: str, *, own: bool = False) -> Future[bytes]:
         """A future for the outcome of any request, by id: a chained call's argument, or
@@ -169,21 +151,15 @@ class CallClient:
             elif res is not None:
                 self._deliver(req_id, res)
 
-        with self._lock:
-            self._check_open()
-            self._waiters.setdefault(req_id, []).append(fut)
-            if own:
-                self._holds[req_id] = self._holds.get(req_id, 0) + 1
+        self._check_open()
+        self._pending.add(req_id, fut, promise=own)
         self._send(add, done)
         return fut
 
     def cancel(self, app: str, dep: str, req_id: str, message: bytes, consumes: tuple[str, ...] = ()) -> None:
         """Withdraw a queued request (it never runs), or flag a taken one as cancelled: the
         replica checks the flag before it starts the request and cancels it if running."""
-        with self._lock:  # nobody here waits for its reply any more (it may never be read)
-            self._owners.pop(req_id, None)
-            self._waiters.pop(req_id, None)
-            held = req_id in self._holds
+        _, _, held = self._pending.finish(req_id)  # nobody here waits for its reply any more (it may never be read)
 
         def add(batch: scripts.Batch) -> None:
             calls.cancel(batch, self.keys, app, dep, req_id, message, self.result_ttl_ms, held=held)
@@ -243,7 +219,7 @@ class CallClient:
             pass
         self._listener.join(timeout=2)
         try:
-            self._settle(self._take_settles())
+            self._settle(self._pending.take_settles())
         except redis.RedisError:
             pass
         self._background.shutdown(wait=True)
@@ -288,25 +264,17 @@ class CallClient:
     # Receiving ----------------------------------------------------------------------------
     def _fail(self, req_id: str, exc: BaseException) -> bool:
         """Fail every waiter of ``req_id``; True if the response was passed on by reference."""
-        with self._lock:
-            waiters = self._waiters.pop(req_id, ())
-            self._owners.pop(req_id, None)
-            held = req_id in self._holds
+        waiters, _, passed_on = self._pending.finish(req_id)
         for fut in waiters:
             if not fut.done():
                 fut.set_exception(exc)
-        return held
+        return passed_on
 
     def _not_run(self, req_id: str, consumes: tuple[str, ...], exc: BaseException) -> None:
         """A request that will never run (refused, withdrawn): its caller gets ``exc``, and
         so does every call it was passed to, through its result key; the responses it
         consumed will not be read by it."""
-        with self._lock:
-            for ref in consumes:
-                if ref in self._holds:
-                    self._holds[ref] -= 1
-                else:  # already released: count the read that will not happen
-                    self._settles.append((ref, "", 1))
+        self._pending.unread(consumes)
         if self._fail(req_id, exc):
             outcome = codec.encode_error(exc)
 
@@ -321,39 +289,22 @@ class CallClient:
             return
         exc = RequestLostError("Redis restarted without persistence while this request was pending; it may or "
                                "may not have run, and its answer is lost. Call again if that is safe.")
-        with self._lock:
-            pending = list(self._waiters)
-            self._holds.clear()  # their keys are gone
-        for req_id in pending:
-            self._fail(req_id, exc)
-        if pending:
-            logger.warning("mqserve: %d pending request(s) lost with Redis's data", len(pending))
+        lost = self._pending.lose_all()
+        for waiters in lost:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
+        if lost:
+            logger.warning("mqserve: %d pending request(s) lost with Redis's data", len(lost))
 
     def _deliver(self, req_id: str, outcome: bytes) -> str | None:
         """Resolve every waiter of ``req_id``; returns its result key if nobody else needs
         it: this was the caller's own reply, and the response was not passed on."""
-        with self._lock:
-            waiters = self._waiters.pop(req_id, ())
-            owned = self._owners.pop(req_id, None) is not None
-            unlink = owned and req_id not in self._holds
+        waiters, unlink, _ = self._pending.finish(req_id)
         for fut in waiters:
             if not fut.done():
                 fut.set_result(outcome)
         return self.keys.result(req_id) if unlink else None
-
-    def _take_settles(self) -> list[tuple[str, str, int]]:
-        """What the listener sends next: reads promised for responses dropped since its
-        last round, and reads that will not happen."""
-        with self._lock:
-            while self._dropped:
-                req_id = self._dropped.popleft()
-                promised = self._holds.pop(req_id, None)
-                if promised is None:
-                    continue
-                self._drop_owner(req_id)  # nobody waits for its reply, which must not delete the key
-                self._settles.append((req_id, str(promised), 0))
-            settles, self._settles = self._settles, []
-        return settles
 
     def dispatch(self, raw: bytes) -> str | None:
         """Handle one inbox item; returns a result key the listener should delete."""
@@ -364,24 +315,12 @@ class CallClient:
             return self._deliver(req_id, raw[REQUEST_ID_LEN:])
         # The value went to the result key only (the response was passed downstream):
         # release the caller's own future; awaiting it reads the key (watch(own=True)).
-        with self._lock:
-            fut = self._drop_owner(req_id)
+        fut = self._pending.detach(req_id)
         if fut is not None and not fut.done():
             fut.set_result(DETACHED)
         return None
 
-    def _drop_owner(self, req_id: str) -> Future[bytes] | None:
-        """Stop tracking the caller's own reply future of ``req_id`` (under the lock); its
-        other waiters (reads of the result key) stay."""
-        owner = self._owners.pop(req_id, None)
-        waiters = self._waiters.get(req_id)
-        if owner is not None and waiters is not None and owner in waiters:
-            waiters.remove(owner)
-            if not waiters:
-                del self._waiters[req_id]
-        return owner
-
-    def _settle(self, settles: list[tuple[str, str, int]]) -> None:
+    def _settle(self, settles: list[Settle]) -> None:
         if not settles:
             return
         batch = scripts.Batch()
@@ -390,8 +329,7 @@ class CallClient:
         try:
             batch.execute(self._redis)
         except redis.RedisError:
-            with self._lock:
-                self._settles[:0] = settles  # again on the next round
+            self._pending.retry(settles)
             raise
 
     def _listen_loop(self) -> None:
@@ -401,13 +339,13 @@ class CallClient:
             try:
                 inbox.beat(self._redis)
                 self._fail_if_lost(data)
-                self._settle(self._take_settles())
+                self._settle(self._pending.take_settles())
                 items = inbox.first(inbox.wait(self._redis))
                 while items:
                     unlink = [k for k in map(self.dispatch, items) if k]
                     items = inbox.taken(inbox.drain(self._redis, unlink))
                     self._fail_if_lost(data)  # also while replies keep coming
-                    self._settle(self._take_settles())
+                    self._settle(self._pending.take_settles())
             except redis.RedisError as e:
                 inbox.reset()
                 if not self._closed:

@@ -284,7 +284,7 @@ def test_results_of_chained_calls_go_once_read(handles, mode: str) -> None:
     client = sink._client
     assert client is not None
     try:
-        poll(lambda: not (client._waiters or client._owners or client._holds), timeout_s=10,
+        poll(lambda: not client._pending, timeout_s=10,
              what="caller bookkeeping to empty")
     except AssertionError:
-        raise AssertionError(f"left: {client._waiters} {client._owners} {client._holds}") from None
+        raise AssertionError(f"left: {client._pending._records}") from None

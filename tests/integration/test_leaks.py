@@ -75,4 +75,4 @@ def test_key_count_returns_to_idle_after_every_kind_of_call(redis_url: str) -> N
         settle_keys(cluster, idle)
         # Nor does the caller keep anything per call once its calls are over.
         client = chained[0]._client
-        poll(lambda: not (client._waiters or client._owners or client._holds), what="caller bookkeeping to empty")
+        poll(lambda: not client._pending, what="caller bookkeeping to empty")
