@@ -55,6 +55,23 @@ def cancelled_error(req_id: str) -> RequestCancelledError:
     return RequestCancelledError(f"Request {req_id} was cancelled.")
 
 
+def refused_error(code: int, app: str, dep: str, req_id: str) -> ServeException:
+    """What a request ``enqueue.lua`` refused with ``code`` (negative) raises."""
+    if code == -2:
+        return BackPressureError(
+            f"Request dropped: deployment '{dep}' of application '{app}' already has "
+            "max_queued_requests requests waiting. Retry later or raise max_queued_requests.")
+    if code == -3:
+        return DeploymentUnavailableError(
+            f"Deployment '{dep}' of application '{app}' failed to start, so it cannot take "
+            "requests; serve.status() says why. Fix it and deploy again.")
+    if code == -4:
+        return cancelled_error(req_id)
+    return DeploymentUnavailableError(
+        f"Deployment '{dep}' of application '{app}' is not running (deleted or never "
+        "started). Deploy it with serve.run() before calling it.")
+
+
 def deleted_error(app: str) -> DeploymentUnavailableError:
     """What requests still queued for a deleted application fail with."""
     return DeploymentUnavailableError(f"Application '{app}' was deleted before this request ran.")

@@ -41,3 +41,21 @@ def check(client: redis.Redis, keys: Keys, seen: str | None) -> tuple[bool, str]
     pipe.set(keys.epoch, marker, nx=True)
     pipe.get(keys.epoch)
     return pipe.execute()[1] == marker, run_id
+
+
+class Watch:
+    """Asks :func:`check`, at most every ``every_s``, so that a listener can ask on every
+    round without a round trip each time."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, every_s: float) -> None:
+        self.client, self.keys, self.every_s = client, keys, every_s
+        self.run_id: str | None = None
+        self.at = 0.0
+
+    def lost(self) -> bool:
+        """Whether Redis restarted without our data since the last look."""
+        if time.monotonic() - self.at < self.every_s:
+            return False
+        self.at = time.monotonic()
+        lost, self.run_id = check(self.client, self.keys, self.run_id)
+        return lost

@@ -28,7 +28,6 @@ import concurrent.futures
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
@@ -41,13 +40,7 @@ from broker.codec import REQUEST_ID_LEN, new_request_id
 from broker.connection import connect
 from broker.keys import Keys
 
-from ..exceptions import (
-    BackPressureError,
-    DeploymentUnavailableError,
-    RequestCancelledError,
-    RequestLostError,
-    cancelled_error,
-)
+from ..exceptions import RequestCancelledError, RequestLostError, cancelled_error, refused_error
 from . import bridge
 from .channel import RECONNECT_PAUSE_S, Add, Done, LoopChannel
 from .pending import PendingRequests, Settle
@@ -105,7 +98,7 @@ class CallClient:
                 # Perhaps queued after all: its consumed responses may still be read.
                 self._not_run(req_id, (), ConnectionError(f"could not reach Redis to send a request: {res}"))
             elif isinstance(res, int) and res < 0:
-                self._not_run(req_id, consumes, _refusal(res, app, dep, req_id))
+                self._not_run(req_id, consumes, refused_error(res, app, dep, req_id))
             elif not expect_reply:
                 self._deliver(req_id, b"")
 
@@ -283,7 +276,7 @@ class CallClient:
 
             self._send(add, lambda res: None, outlive_loop=True)
 
-    def _fail_if_lost(self, data: _DataLossWatch) -> None:
+    def _fail_if_lost(self, data: epoch.Watch) -> None:
         """If Redis restarted without its data, no pending call will be answered: say so."""
         if not data.lost():
             return
@@ -334,7 +327,7 @@ class CallClient:
 
     def _listen_loop(self) -> None:
         inbox = self._inbox
-        data = _DataLossWatch(self._redis, self.keys)
+        data = epoch.Watch(self._redis, self.keys, calls.ALIVE_REFRESH_S)
         while not self._closed:
             try:
                 inbox.beat(self._redis)
@@ -355,40 +348,6 @@ class CallClient:
             inbox.leave(self._redis)
         except redis.RedisError:
             pass
-
-
-class _DataLossWatch:
-    """Asks, at most every ``calls.ALIVE_REFRESH_S``, whether Redis restarted without its
-    data since the last look (see :mod:`broker.epoch`)."""
-
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        self.client, self.keys = client, keys
-        self.run_id: str | None = None
-        self.at = 0.0
-
-    def lost(self) -> bool:
-        if time.monotonic() - self.at < calls.ALIVE_REFRESH_S:
-            return False
-        self.at = time.monotonic()
-        lost, self.run_id = epoch.check(self.client, self.keys, self.run_id)
-        return lost
-
-
-def _refusal(code: int, app: str, dep: str, req_id: str) -> Exception:
-    """The error of a request ``enqueue.lua`` refused with ``code``."""
-    if code == -2:
-        return BackPressureError(
-            f"Request dropped: deployment '{dep}' of application '{app}' already has "
-            "max_queued_requests requests waiting. Retry later or raise max_queued_requests.")
-    if code == -3:
-        return DeploymentUnavailableError(
-            f"Deployment '{dep}' of application '{app}' failed to start, so it cannot take "
-            "requests; serve.status() says why. Fix it and deploy again.")
-    if code == -4:
-        return cancelled_error(req_id)
-    return DeploymentUnavailableError(
-        f"Deployment '{dep}' of application '{app}' is not running (deleted or never "
-        "started). Deploy it with serve.run() before calling it.")
 
 
 _clients: dict[tuple[int, str, str, int], CallClient] = {}
