@@ -72,6 +72,7 @@ class Batch:
     """
 
     def __init__(self) -> None:
+        #: (script, "", (keys, args)) for a script call; (None, name, (args, options)) for a command.
         self._calls: list[tuple[Script | None, str, tuple[Any, ...]]] = []
 
     def __len__(self) -> int:
@@ -80,8 +81,8 @@ class Batch:
     def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
         self._calls.append((script, "", (tuple(keys), tuple(args))))
 
-    def command(self, name: str, *args: Any) -> None:
-        self._calls.append((None, name, args))
+    def command(self, name: str, *args: Any, **options: Any) -> None:
+        self._calls.append((None, name, (args, options)))
 
     def execute(self, client: redis.Redis) -> list[Any]:
         results: list[Any] = self._fill(client.pipeline(transaction=False)).execute(raise_on_error=False)
@@ -104,11 +105,12 @@ class Batch:
         return results
 
     def _fill(self, pipe: Any) -> Any:
-        for script, name, args in self._calls:
+        for script, name, call in self._calls:
             if script is None:
-                getattr(pipe, name)(*args)
+                args, options = call
+                getattr(pipe, name)(*args, **options)
             else:
-                script.queue(pipe, *args)
+                script.queue(pipe, *call)
         return pipe
 
     def _noscript(self, results: list[Any]) -> list[tuple[int, Script, Any]]:

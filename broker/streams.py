@@ -18,11 +18,9 @@ its commands through a :class:`StreamSink`.
 from __future__ import annotations
 
 import pickle
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import redis
-
+from . import scripts
 from .codec import dumps, seal, unseal
 from .keys import Keys
 
@@ -81,33 +79,27 @@ class StreamSink:
         await self.client.delete(self.key)
 
 
-def _entries(response: Any) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
-    for _, entries in response or ():
-        yield from entries
+class Cursor:
+    """Where a reader is in one response's stream. It sends nothing itself, so that the
+    thread and the event-loop readers share it: pass :meth:`xread_args` to XREAD on
+    either client, and its reply to :meth:`entries`."""
 
+    def __init__(self, keys: Keys, req_id: str) -> None:
+        self.key = keys.stream(req_id)
+        self.last: str | bytes = "0-0"  # then the id of the last entry read
 
-def read(client: redis.Redis, keys: Keys, req_id: str,
-         stopped: Callable[[], bool]) -> Iterator[dict[bytes, bytes]]:
-    """Yield a stream's entries (field dicts) as they arrive, blocking in XREAD."""
-    last: str | bytes  # "0-0", then the id of the last entry read
-    key, last = keys.stream(req_id), "0-0"
-    while not stopped():
-        response = client.xread({key: last}, count=READ_COUNT, block=READ_BLOCK_MS)
-        for entry_id, fields in _entries(response):
-            last = entry_id
-            yield fields
+    def xread_args(self) -> dict[str, Any]:
+        """The next XREAD: entries after the last one read, blocking up to READ_BLOCK_MS."""
+        return {"streams": {self.key: self.last}, "count": READ_COUNT, "block": READ_BLOCK_MS}
 
-
-async def read_async(client: Any, keys: Keys, req_id: str,
-                     stopped: Callable[[], bool]) -> AsyncIterator[dict[bytes, bytes]]:
-    """The same on a ``redis.asyncio`` client."""
-    last: str | bytes  # "0-0", then the id of the last entry read
-    key, last = keys.stream(req_id), "0-0"
-    while not stopped():
-        response = await client.xread({key: last}, count=READ_COUNT, block=READ_BLOCK_MS)
-        for entry_id, fields in _entries(response):
-            last = entry_id
-            yield fields
+    def entries(self, response: Any) -> list[dict[bytes, bytes]]:
+        """The entries (field dicts) of an XREAD reply, in order; the next read starts after them."""
+        fields: list[dict[bytes, bytes]] = []
+        for _, entries in response or ():
+            for entry_id, entry in entries:
+                self.last = entry_id
+                fields.append(entry)
+        return fields
 
 
 def decode_items(payload: bytes) -> list[Any]:
@@ -115,18 +107,8 @@ def decode_items(payload: bytes) -> list[Any]:
     return items
 
 
-def stop_reading(client: redis.Redis, keys: Keys, req_id: str, *, cancel: bool, ttl_ms: int) -> None:
+def stop_reading(batch: scripts.Batch, keys: Keys, req_id: str, *, cancel: bool, ttl_ms: int) -> None:
     """Delete the stream; if the reader stops early, also ask the writer to stop."""
-    pipe = client.pipeline(transaction=False)
     if cancel:
-        pipe.set(keys.cancelled(req_id), 1, px=ttl_ms)
-    pipe.delete(keys.stream(req_id))
-    pipe.execute()
-
-
-async def stop_reading_async(client: Any, keys: Keys, req_id: str, *, cancel: bool, ttl_ms: int) -> None:
-    pipe = client.pipeline(transaction=False)
-    if cancel:
-        pipe.set(keys.cancelled(req_id), 1, px=ttl_ms)
-    pipe.delete(keys.stream(req_id))
-    await pipe.execute()
+        batch.command("set", keys.cancelled(req_id), 1, px=ttl_ms)
+    batch.command("delete", keys.stream(req_id))

@@ -178,21 +178,31 @@ class CallClient:
 
     def stream_entries(self, req_id: str, stopped: Callable[[], bool]) -> Iterator[dict[bytes, bytes]]:
         """Entries of a streamed response, from this thread (blocks in XREAD)."""
-        return streams.read(self._redis, self.keys, req_id, stopped)
+        cursor = streams.Cursor(self.keys, req_id)
+        while not stopped():
+            yield from cursor.entries(self._redis.xread(**cursor.xread_args()))
 
-    def stream_entries_async(self, req_id: str, stopped: Callable[[], bool]) -> AsyncIterator[dict[bytes, bytes]]:
+    async def stream_entries_async(self, req_id: str, stopped: Callable[[], bool]) -> AsyncIterator[dict[bytes, bytes]]:
         """Entries of a streamed response, on the running event loop."""
-        channel = self._channel(asyncio.get_running_loop())
-        return streams.read_async(channel.redis, self.keys, req_id, stopped)
+        conn = self._channel(asyncio.get_running_loop()).redis
+        cursor = streams.Cursor(self.keys, req_id)
+        while not stopped():
+            for fields in cursor.entries(await conn.xread(**cursor.xread_args())):
+                yield fields
 
     def end_stream(self, req_id: str, *, cancel: bool) -> None:
-        """Delete a stream after reading it; ``cancel`` asks its writer to stop first."""
-        loop = bridge.running_loop()
-        if loop is None:
-            streams.stop_reading(self._redis, self.keys, req_id, cancel=cancel, ttl_ms=self.result_ttl_ms)
-        else:
-            loop.create_task(streams.stop_reading_async(self._channel(loop).redis, self.keys, req_id,
-                                                        cancel=cancel, ttl_ms=self.result_ttl_ms))
+        """Delete a stream after reading it; ``cancel`` asks its writer to stop first.
+        Sent as cancellations are (see :meth:`_send`): a reader on an event loop often
+        ends as its loop does (the last ``async for`` of an ``asyncio.run``), and nobody
+        waits for this."""
+        def add(batch: scripts.Batch) -> None:
+            streams.stop_reading(batch, self.keys, req_id, cancel=cancel, ttl_ms=self.result_ttl_ms)
+
+        def done(res: Any) -> None:
+            if isinstance(res, Exception):  # the stream expires with the result TTL; its writer goes on
+                logger.warning("mqserve: could not end stream %s (%s)", req_id, res)
+
+        self._send(add, done, outlive_loop=True)
 
     @property
     def closed(self) -> bool:

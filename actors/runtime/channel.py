@@ -29,7 +29,9 @@ logger = logging.getLogger("actors.runtime.caller")
 #: Seconds a listener waits before retrying after losing Redis.
 RECONNECT_PAUSE_S = 0.5
 
-#: Adds an operation's commands to a batch; gets the operation's reply (or error).
+#: Adds an operation's commands to a batch; ``Done`` gets the reply of the first (or the
+#: error). An op sent from an event loop's channel adds one command: the channel matches
+#: replies to ops by position.
 Add = Callable[[scripts.Batch], None]
 Done = Callable[[Any], None]
 
