@@ -195,6 +195,9 @@ class CallClient:
         Sent as cancellations are (see :meth:`_send`): a reader on an event loop often
         ends as its loop does (the last ``async for`` of an ``asyncio.run``), and nobody
         waits for this."""
+        if self._closed:  # its sender is gone; the stream expires with the result TTL
+            return
+
         def add(batch: scripts.Batch) -> None:
             streams.stop_reading(batch, self.keys, req_id, cancel=cancel, ttl_ms=self.result_ttl_ms)
 
