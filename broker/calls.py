@@ -1,4 +1,5 @@
-"""The Redis side of a call: what a caller sends, and the inbox its replies come to.
+"""The Redis side of a call: what a caller sends, the inbox its replies come to, and the
+connections it uses.
 
 The functions queue script calls on a :class:`broker.scripts.Batch`, so that a caller
 sends whatever it has in one round trip. :class:`Inbox` issues the commands of one reply
@@ -9,12 +10,20 @@ a caller live above this, in :mod:`actors.runtime.caller`.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
 
 from . import liveness, scripts
+from .connection import connect, connect_async
 from .keys import Keys
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 #: Seconds a listener blocks on its inbox before checking whether it should stop.
 LISTEN_BLOCK_S = 1.0
@@ -24,6 +33,22 @@ REPLY_BATCH = 512
 #: the key lives ALIVE_TTL_MS, so a dead caller is known within about 10 s.
 ALIVE_REFRESH_S = 3.0
 ALIVE_TTL_MS = 10_000
+
+
+@dataclass(frozen=True)
+class Transport:
+    """A caller's connections: ``redis``, on which its threads send and read their inbox,
+    and ``connect_async``, which opens the connection of each event loop that calls.
+    Tests pass an in-memory one, so that a caller's bookkeeping runs without Redis."""
+
+    redis: redis.Redis
+    connect_async: Callable[[], aioredis.Redis]
+
+    @classmethod
+    def for_url(cls, url: str, *, client_name: str) -> Transport:
+        """Connections to the Redis at ``url``, named ``client_name`` in ``CLIENT LIST``."""
+        return cls(connect(url, client_name=client_name),
+                   functools.partial(connect_async, url, client_name=client_name))
 
 
 def enqueue(batch: scripts.Batch, keys: Keys, app: str, dep: str, req_id: str, message: bytes,

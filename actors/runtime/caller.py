@@ -19,6 +19,9 @@ reference: then the downstream replicas read the key (see ``watch``), and it goe
 the last promised read is done (``settle.lua``). The promise is this process's count of
 the reads it made possible, sent when the response object is dropped. What the client
 keeps of each request to decide both is in :mod:`actors.runtime.pending`.
+
+Every command goes through the client's :class:`~broker.calls.Transport`: the real Redis
+connections, or an in-memory fake in unit tests.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import redis
 
 from broker import calls, clock, codec, epoch, scripts, streams
 from broker.codec import REQUEST_ID_LEN, new_request_id
-from broker.connection import connect
 from broker.keys import Keys
 
 from ..exceptions import RequestCancelledError, RequestLostError, cancelled_error, refused_error
@@ -54,14 +56,15 @@ DETACHED = b""
 class CallClient:
     """Sends requests to deployment queues and resolves their futures."""
 
-    def __init__(self, url: str, keys: Keys, *, result_ttl_ms: int) -> None:
+    def __init__(self, url: str, keys: Keys, *, result_ttl_ms: int, transport: calls.Transport | None = None) -> None:
         self.url = url
         self.keys = keys
         self.result_ttl_ms = result_ttl_ms
         self.inbox = keys.inbox(new_request_id())
         self._inbox = calls.Inbox(self.inbox)
         self.client_name = f"mqserve-caller-{os.getpid()}"
-        self._redis = connect(url, client_name=self.client_name)
+        self.transport = transport or calls.Transport.for_url(url, client_name=self.client_name)
+        self._redis = self.transport.redis
         clock.sync(self._redis)  # requests are stamped in Redis's time from the first one
         self._lock = threading.Lock()  # the channels, and closing
         self._pending = PendingRequests()

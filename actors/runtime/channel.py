@@ -17,7 +17,6 @@ import redis
 
 from broker import calls, scripts
 from broker.codec import new_request_id
-from broker.connection import connect_async
 
 from . import bridge
 
@@ -43,7 +42,7 @@ class LoopChannel:
         self.client = client
         self.loop = loop
         self.inbox = client.keys.inbox(new_request_id())
-        self.redis = connect_async(client.url, client_name=client.client_name)
+        self.redis = client.transport.connect_async()
         self.pending: bridge.StepBatch[tuple[Add, Done]] = bridge.StepBatch(loop, self._flush)
         self.stopped = False
         self.listener = loop.create_task(self._listen())
