@@ -51,7 +51,7 @@ class _Pending:
     def passed_on(self) -> bool:
         return self.promised is not None
 
-    def wait(self, fut: Future[bytes], *, owner: bool) -> None:
+    def wait(self, fut: Future[bytes], owner: bool) -> None:
         self.waiters.append(fut)
         if owner:
             self.owner = fut
@@ -117,7 +117,7 @@ class PendingRequests:
             record = self._records.get(req_id)
             if record is None:
                 record = self._records[req_id] = _Pending()
-            record.wait(fut, owner=owner)
+            record.wait(fut, owner)
             if promise:
                 record.promise()
 
@@ -135,13 +135,14 @@ class PendingRequests:
         """Its outcome came, failed, or nobody waits any more: its waiters, whether the
         reply may delete the result key, and whether the response was passed on."""
         with self._lock:
-            record = self._records.get(req_id)
+            record = self._records.pop(req_id, None)
             if record is None:
                 return [], False, False
             waiters, unlink = record.finish()
-            passed_on = record.passed_on
-            self._forget_if_finished(req_id, record)
-        return waiters, unlink, passed_on
+            if record.passed_on:  # its key is still promised to its readers: keep the record
+                self._records[req_id] = record
+                return waiters, unlink, True
+        return waiters, unlink, False
 
     def detach(self, req_id: str) -> Future[bytes] | None:
         """The value went to the result key only: the caller's reply future, to release."""
