@@ -39,7 +39,7 @@ from ..exceptions import RayServeException, RequestCancelledError
 from ..handle import load_call_args
 from . import bridge, http
 from .caller import CallClient, get_client
-from .cancellation import Cancellations
+from .cancellation import Cancellations, children, current_request
 from .streaming import Sink, StreamWriter, drive
 
 logger = logging.getLogger("mqserve.replica")
@@ -85,7 +85,20 @@ class Requests:
         self._ingress: http.ASGIApp | None = None
 
     def run(self, message: dramatiq.Message[Any]) -> Outcome:
-        """The future outcome of one taken request (already resolved for sync work)."""
+        """The future outcome of one taken request (already resolved for sync work).
+
+        The calls its user code makes are its children (cancelled with it); the tasks it
+        starts on the loop inherit that from this thread's context."""
+        req_id = message.message_id
+        token = current_request.set(req_id)
+        try:
+            outcome = self._run(message)
+        finally:
+            current_request.reset(token)
+        outcome.add_done_callback(lambda _: children.forget(req_id))
+        return outcome
+
+    def _run(self, message: dramatiq.Message[Any]) -> Outcome:
         method, payload, refs = message.args
         try:
             if message.options.get("http"):
