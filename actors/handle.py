@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import time
+from collections.abc import Callable
 from typing import Any
 
 from broker import codec, streams
@@ -21,6 +22,7 @@ from broker.keys import Keys
 from .exceptions import ServeException, cancelled_error, rebuild_remote_error
 from .runtime import bridge
 from .runtime.caller import DETACHED, CallClient, get_client
+from .runtime.cancellation import children, current_request
 
 __all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]
 
@@ -108,12 +110,18 @@ class DeploymentHandle:
                                            refs=tuple(refs), stream=True)
             future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
                                    expect_reply=False)
-            return DeploymentResponseGenerator(client, self._deployment_name, req_id, future)  # type: ignore[return-value]  # stream=True; remote() is typed for the common case
+            generator = DeploymentResponseGenerator(client, self._deployment_name, req_id, future)
+            if current_request.get() is not None:  # cancelled with the request making this call
+                children.adopt(generator._state.cancel)
+            return generator  # type: ignore[return-value]  # stream=True; remote() is typed for the common case
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                        refs=tuple(refs), reply_to=client.reply_inbox())
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs))
-        return DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future,
-                                  tuple(refs))
+        response = DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future,
+                                      tuple(refs))
+        if current_request.get() is not None:  # cancelled with the request making this call
+            children.adopt(response._cancel_call)
+        return response
 
 
 def _rebuild_handle(kwargs: dict[str, Any]) -> DeploymentHandle:
@@ -216,8 +224,20 @@ class DeploymentResponse:
 
     def cancel(self) -> None:
         """Cancel the call: a request no replica has taken yet is withdrawn and never runs."""
-        if self._future.cancel():
-            self._client.cancel(self._app, self._dep, self._req_id, self._message, self._refs)
+        self._cancel_call()
+
+    @property
+    def _cancel_call(self) -> Callable[[], None]:
+        """What cancels this call, holding no reference to the response (whose life
+        decides when a result passed on by reference is released)."""
+        client, future, args = self._client, self._future, (self._app, self._dep, self._req_id, self._message,
+                                                             self._refs)
+
+        def cancel() -> None:
+            if future.cancel():
+                client.cancel(*args)
+
+        return cancel
 
     def __reduce__(self) -> Any:
         """Pass the value to the call being pickled: inline if it is here already (an
@@ -261,6 +281,12 @@ class _StreamState:
         if not self.stopped:
             self.stopped = True
             self.client.end_stream(self.req_id, cancel=not self.ended)
+
+    def cancel(self) -> None:
+        """Stop the stream; reading on raises ``RequestCancelledError``."""
+        if not self.ended:
+            self.cancelled = True
+        self.close()
 
     def decode(self, fields: dict[bytes, bytes]) -> list[Any]:
         if streams.ITEMS in fields:
@@ -337,9 +363,7 @@ class DeploymentResponseGenerator:
     def cancel(self) -> None:
         """Stop reading and stop the generator on the replica; reading on raises
         ``RequestCancelledError``, as in Ray."""
-        if not self._state.ended:
-            self._state.cancelled = True
-        self._state.close()
+        self._state.cancel()
 
     def _raise_if_cancelled(self) -> None:
         if self._state.cancelled:

@@ -7,18 +7,66 @@ replica has started the request (taken, not yet running). So a replica remembers
 it hears for :data:`MEMORY_S`, checks them when it starts a request, and every time it
 (re)subscribes it reads the flags of the requests in its processing list, which covers
 whatever it may have missed while it was not subscribed.
+
+Cancelling a request also cancels, recursively, the calls its user code made while it
+ran (Ray's semantics): a handle call made in the context of a running request registers
+with :data:`children`, which cancels them when the request is.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 #: Seconds a replica remembers a cancellation it heard for a request it does not run
 #: (yet): far longer than a taken request waits for a free thread.
 MEMORY_S = 60.0
+
+
+#: The request whose user code runs in this context: set on the worker thread that runs
+#: it, and so inherited by the tasks it starts on the replica's loop.
+current_request: contextvars.ContextVar[str | None] = contextvars.ContextVar("mqserve_request", default=None)
+
+
+class Children:
+    """The calls each running request made, to cancel with it. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[str, list[Callable[[], None]]] = {}
+        self._cancelled: set[str] = set()
+
+    def adopt(self, cancel: Callable[[], None]) -> None:
+        """A call was just made: cancel it with the request running here, if any."""
+        parent = current_request.get()
+        if parent is None:
+            return
+        with self._lock:
+            late = parent in self._cancelled
+            if not late:
+                self._calls.setdefault(parent, []).append(cancel)
+        if late:  # made after its request was cancelled (sync code runs on)
+            cancel()
+
+    def cancel(self, parent: str) -> None:
+        with self._lock:
+            calls = self._calls.pop(parent, ())
+            self._cancelled.add(parent)
+        for cancel in calls:
+            cancel()
+
+    def forget(self, parent: str) -> None:
+        """The request ended: the calls it made live on (as in Ray)."""
+        with self._lock:
+            self._calls.pop(parent, None)
+            self._cancelled.discard(parent)
+
+
+children = Children()
 
 
 class Cancellations:
@@ -36,6 +84,7 @@ class Cancellations:
             if task is None:
                 self._heard[req_id] = time.monotonic()
                 self._forget_old()
+        children.cancel(req_id)  # first: the task's end forgets them
         if task is not None:
             task.cancel()  # CancelledError inside the user's coroutine
 

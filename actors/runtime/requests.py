@@ -39,7 +39,7 @@ from ..exceptions import RayServeException, RequestCancelledError
 from ..handle import load_call_args
 from . import bridge, http
 from .caller import CallClient, get_client
-from .cancellation import Cancellations
+from .cancellation import Cancellations, children, current_request
 from .streaming import Sink, StreamWriter, drive
 
 logger = logging.getLogger("mqserve.replica")
@@ -85,7 +85,20 @@ class Requests:
         self._ingress: http.ASGIApp | None = None
 
     def run(self, message: dramatiq.Message[Any]) -> Outcome:
-        """The future outcome of one taken request (already resolved for sync work)."""
+        """The future outcome of one taken request (already resolved for sync work).
+
+        The calls its user code makes are its children (cancelled with it); the tasks it
+        starts on the loop inherit that from this thread's context."""
+        req_id = message.message_id
+        token = current_request.set(req_id)
+        try:
+            outcome = self._run(message)
+        finally:
+            current_request.reset(token)
+        outcome.add_done_callback(lambda _: children.forget(req_id))
+        return outcome
+
+    def _run(self, message: dramatiq.Message[Any]) -> Outcome:
         method, payload, refs = message.args
         try:
             if message.options.get("http"):
@@ -105,18 +118,17 @@ class Requests:
         self._refuse_if_cancelled(req_id)  # while it waited for its arguments
         result = self._method(method)(*args, **kwargs)
         if inspect.isawaitable(result):
-            return self._on_loop(req_id, _awaited(result), self.encode)
-        return _resolved(self.encode(result))
+            return self._on_loop(req_id, _awaited(result), lambda value: self.encode(_not_a_stream(method, value)))
+        return _resolved(self.encode(_not_a_stream(method, result)))
 
     def _stream(self, message: dramatiq.Message[Any], method: str, payload: bytes, refs: tuple[str, ...]) -> Outcome:
         """A generator call: its items, or its error, go to the request's stream."""
         writer = self._writer(message)
-        what = f"Method '{method}' of deployment '{self.deployment}'"
         try:
             args, kwargs = load_call_args(self.transport.calls(), payload, refs)
-            return drive(self._method(method)(*args, **kwargs), writer, self.loop, what)
+            return drive(self._method(method)(*args, **kwargs), writer, self.loop, method)
         except Exception as e:
-            logger.error("%s failed", what, exc_info=e)
+            logger.error("method '%s' of deployment '%s' failed", method, self.deployment, exc_info=e)
             writer.finish(codec.encode_error(e))
             writer.done.result()
             return _resolved(STREAMED)
@@ -196,6 +208,16 @@ class Requests:
             else:
                 self._ingress = http.call_as_asgi(self._method("__call__"))
         return self._ingress
+
+
+def _not_a_stream(method: str, result: Any) -> Any:
+    """A unary call's result; Ray's error if the method returned a generator."""
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        if inspect.isgenerator(result):
+            result.close()
+        raise TypeError(f"Method '{method}' returned a generator. You must use `handle.options(stream=True)` "
+                        "to call generators on a deployment.")
+    return result
 
 
 def _resolved(outcome: bytes) -> Outcome:

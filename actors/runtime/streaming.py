@@ -133,18 +133,22 @@ class StreamWriter:
                 self.on_cancel()
 
 
-def not_a_generator(what: str, result: Any) -> TypeError:
-    return TypeError(f"{what} was called with stream=True but returned {type(result).__name__}, "
-                     "not a generator; make it a generator (use `yield`) or call it without stream=True.")
+def not_a_generator(method: str) -> TypeError:
+    """Ray's error for ``stream=True`` on a method that returned something else."""
+    return TypeError(f"Called method '{method}' with `handle.options(stream=True)` but it did not "
+                     "return a generator.")
 
 
-def drive(result: Any, writer: StreamWriter, loop: asyncio.AbstractEventLoop, what: str,
+def drive(result: Any, writer: StreamWriter, loop: asyncio.AbstractEventLoop, method: str,
           to_item: Callable[[Any], Any] = lambda x: x) -> concurrent.futures.Future[bytes]:
-    """Send every item of ``result`` (a generator) to ``writer``; the future resolves to
+    """Send every item of ``result`` to ``writer``: a generator, an async generator, or
+    an awaitable of either (an ``async def`` that returns one); the future resolves to
     :data:`STREAMED` once the stream is complete. Runs sync generators here (blocking)."""
-    if inspect.isasyncgen(result):
+    if inspect.isasyncgen(result) or inspect.isawaitable(result):
         outcome: concurrent.futures.Future[bytes] = concurrent.futures.Future()
-        task = bridge.submit(loop, _pump_async(result, writer, to_item))
+        pump = _pump_async(result, writer, to_item) if inspect.isasyncgen(result) else \
+            _pump_awaited(result, writer, to_item, method)
+        task = bridge.submit(loop, pump)
         writer.on_cancel = task.cancel
         task.add_done_callback(lambda _: _chain(writer, outcome))
         return outcome
@@ -158,7 +162,7 @@ def drive(result: Any, writer: StreamWriter, loop: asyncio.AbstractEventLoop, wh
                 if writer.cancelled:
                     break
         except Exception as e:
-            logger.error("%s raised while streaming", what, exc_info=e)
+            logger.error("method '%s' raised while streaming", method, exc_info=e)
             writer.finish(codec.encode_error(e))
         else:
             writer.finish()
@@ -168,7 +172,35 @@ def drive(result: Any, writer: StreamWriter, loop: asyncio.AbstractEventLoop, wh
         done: concurrent.futures.Future[bytes] = concurrent.futures.Future()
         done.set_result(STREAMED)
         return done
-    raise not_a_generator(what, result)
+    raise not_a_generator(method)
+
+
+async def _pump_awaited(awaitable: Any, writer: StreamWriter, to_item: Callable[[Any], Any], method: str) -> None:
+    """Await what an ``async def`` returned, then stream it, as Ray does (a sync
+    generator it returned is iterated on the loop)."""
+    try:
+        result = await awaitable
+    except asyncio.CancelledError:
+        writer.finish()
+        raise
+    except Exception as e:
+        logger.error("method '%s' raised", method, exc_info=e)
+        writer.finish(codec.encode_error(e))
+        return
+    if inspect.isgenerator(result):
+        result = _as_async(result)
+    elif not inspect.isasyncgen(result):
+        writer.finish(codec.encode_error(not_a_generator(method)))
+        return
+    await _pump_async(result, writer, to_item)
+
+
+async def _as_async(gen: Any) -> Any:
+    try:
+        for item in gen:
+            yield item
+    finally:
+        gen.close()
 
 
 async def _pump_async(agen: Any, writer: StreamWriter, to_item: Callable[[Any], Any]) -> None:

@@ -288,3 +288,65 @@ def test_results_of_chained_calls_go_once_read(handles, mode: str) -> None:
              what="caller bookkeeping to empty")
     except AssertionError:
         raise AssertionError(f"left: {client._pending._records}") from None
+
+
+# Cancelling a request cancels the calls it made, recursively ---------------------------------
+@serve.deployment(max_ongoing_requests=100)
+class Leafmost:
+    async def hold(self, marks: str, i: int) -> None:
+        await _held(marks, f"leaf-{i}")
+
+
+@serve.deployment(max_ongoing_requests=100)
+class Middle:
+    def __init__(self, leaf: DeploymentHandle) -> None:
+        self.leaf = leaf
+
+    async def hold(self, marks: str, i: int) -> None:
+        self.pending = self.leaf.hold.remote(marks, i)  # made, never awaited
+        await _held(marks, f"middle-{i}")
+
+
+@serve.deployment(max_ongoing_requests=100)
+class Top:
+    def __init__(self, middle: DeploymentHandle) -> None:
+        self.middle = middle
+
+    def blocking(self, marks: str, i: int) -> str:
+        """Sync code cannot be interrupted; the call it waits on is cancelled under it."""
+        try:
+            self.middle.hold.remote(marks, i).result(timeout_s=60)
+        except RequestCancelledError:
+            return "its call was cancelled"
+        return "its call finished"
+
+    async def fire_and_wait(self, marks: str, i: int) -> None:
+        self.pending = self.middle.hold.remote(marks, i)  # made, never awaited
+        await asyncio.sleep(60)
+
+
+async def _held(marks: str, name: str) -> None:
+    """Mark that it runs, then wait to be cancelled, and mark that too."""
+    open(os.path.join(marks, f"{name}.started"), "w").close()
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        open(os.path.join(marks, f"{name}.cancelled"), "w").close()
+        raise
+
+
+def test_cancelling_a_request_cancels_the_calls_it_made_recursively(mode: str, tmp_path) -> None:
+    top = serve.run(Top.bind(Middle.bind(Leafmost.bind())), name="tree", route_prefix=None)
+    marks = str(tmp_path)
+    mark = lambda name: os.path.exists(os.path.join(marks, name))  # noqa: E731
+    for i in range(ROUNDS):
+        method = "fire_and_wait" if i % 2 else "blocking"
+        response = getattr(top, method).remote(marks, i)
+        poll(lambda: mark(f"leaf-{i}.started") and mark(f"middle-{i}.started"),  # noqa: B023
+             timeout_s=30, interval_s=0.01, what="the whole tree to run")
+        response.cancel()
+        poll(lambda: mark(f"middle-{i}.cancelled") and mark(f"leaf-{i}.cancelled"),  # noqa: B023
+             timeout_s=30, interval_s=0.01, what="the calls made by the cancelled request to be cancelled")
+        with pytest.raises(RequestCancelledError):
+            response.result(timeout_s=30)
+    serve.delete("tree")

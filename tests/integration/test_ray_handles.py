@@ -163,3 +163,74 @@ def test_a_cancelled_response_generator_raises_on_the_next_item(serve_instance) 
     early.cancel()
     with pytest.raises(RequestCancelledError):
         next(early)
+
+
+@serve.deployment
+class Streams:
+    def numbers(self, n: int):
+        yield from range(n)
+
+    async def returns_a_generator(self, n: int):
+        await asyncio.sleep(0)
+        return (i * 10 for i in range(n))
+
+    async def returns_an_async_generator(self, n: int):
+        async def items():
+            for i in range(n):
+                yield i * 100
+
+        await asyncio.sleep(0)
+        return items()
+
+    def unary(self, n: int) -> int:
+        return n
+
+    async def async_unary(self, n: int) -> int:
+        return n
+
+
+def test_an_async_method_that_returns_a_generator_streams(serve_instance) -> None:
+    handle = serve.run(Streams.bind(), name="async-returns-gen", route_prefix=None).options(stream=True)
+    assert list(handle.returns_a_generator.remote(3)) == [0, 10, 20]
+    assert list(handle.returns_an_async_generator.remote(3)) == [0, 100, 200]
+
+
+@serve.deployment
+class Relay:
+    """Calls Streams from inside a deployment: the same rules hold there."""
+
+    def __init__(self, streams: DeploymentHandle) -> None:
+        self.streams = streams
+
+    async def unary_on_generator(self) -> str:
+        try:
+            await self.streams.numbers.remote(2)
+        except TypeError as e:
+            return str(e)
+        return "no error"
+
+    async def stream_on_unary(self, method: str) -> str:
+        try:
+            async for _ in self.streams.options(stream=True, method_name=method).remote(1):
+                pass
+        except TypeError as e:
+            return str(e)
+        return "no error"
+
+
+def test_generator_and_non_generator_mismatches_are_type_errors(serve_instance) -> None:
+    streams = serve.run(Streams.bind(), name="mismatch", route_prefix=None)
+    # From the driver
+    with pytest.raises(TypeError, match=r"Method 'numbers' returned a generator. You must use "
+                                        r"`handle.options\(stream=True\)` to call generators on a deployment."):
+        streams.numbers.remote(2).result(timeout_s=30)
+    for method in ("unary", "async_unary"):
+        gen = streams.options(stream=True, method_name=method).remote(1)
+        with pytest.raises(TypeError, match=f"'{method}' .* but it did not return a generator"):
+            next(gen)
+    # And from inside another deployment
+    relay = serve.run(Relay.bind(Streams.bind()), name="relay", route_prefix=None)
+    assert "Method 'numbers' returned a generator" in relay.unary_on_generator.remote().result(timeout_s=30)
+    for method in ("unary", "async_unary"):
+        said = relay.stream_on_unary.remote(method).result(timeout_s=30)
+        assert f"Called method '{method}' with `handle.options(stream=True)` but it did not return a generator" in said

@@ -141,7 +141,7 @@ def test_break_and_close_stop_the_replica_generator(serve_instance, how: str) ->
 
 
 def test_stream_of_a_non_generator_is_a_clear_error(tricky: DeploymentHandle) -> None:
-    with pytest.raises(TypeError, match="not a generator"):
+    with pytest.raises(TypeError, match="'not_a_generator' .* but it did not return a generator"):
         list(tricky.options(stream=True, method_name="not_a_generator").remote())
 
 
