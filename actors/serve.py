@@ -21,8 +21,10 @@ from typing import Any
 
 from broker.connection import redact
 
+from . import context
 from .batching import batch
-from .config import ConfigError, DeploymentConfig
+from .config import ConfigError, DeploymentConfig, LoggingConfig
+from .context import get_replica_context
 from .deployment import Application, Deployment
 from .exceptions import DeploymentUnavailableError
 from .handle import DeploymentHandle
@@ -31,7 +33,8 @@ from .status import ServeStatus
 
 __all__ = [
     "deployment", "run", "start", "status", "delete", "shutdown", "ingress", "batch",
-    "get_app_handle", "get_deployment_handle", "Application", "Deployment",
+    "get_app_handle", "get_deployment_handle", "get_replica_context", "Application", "Deployment",
+    "context",
 ]
 
 _UNSET: Any = object()
@@ -52,6 +55,7 @@ def deployment(
     graceful_shutdown_wait_loop_s: float = _UNSET,
     ray_actor_options: dict[str, Any] | None = _UNSET,
     max_request_retries: int = _UNSET,
+    logging_config: LoggingConfig | dict[str, Any] | None = _UNSET,
     **unsupported: Any,
 ) -> Any:
     """Make a class or function a deployment; works bare (``@serve.deployment``) or with options.
@@ -60,7 +64,8 @@ def deployment(
     ``max_queued_requests=-1`` (unlimited). ``ray_actor_options`` is accepted and advisory.
     ``max_request_retries`` (mqserve's own, default 0) is how many times a request is run
     again on another replica when the replica running it dies; with 0 its caller gets
-    ``ReplicaDiedError``, as in Ray Serve.
+    ``ReplicaDiedError``, as in Ray Serve. ``logging_config`` (a dict or a
+    :class:`~actors.config.LoggingConfig`) says how its replicas log.
     """
     given = {k: v for k, v in {
         "num_replicas": num_replicas, "max_ongoing_requests": max_ongoing_requests,
@@ -70,6 +75,7 @@ def deployment(
         "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s,
         "graceful_shutdown_wait_loop_s": graceful_shutdown_wait_loop_s,
         "ray_actor_options": ray_actor_options, "max_request_retries": max_request_retries,
+        "logging_config": logging_config,
     }.items() if v is not _UNSET}
     unsupported.pop("version", None)
     unsupported.pop("route_prefix", None)
@@ -108,11 +114,13 @@ def start(redis_url: str | None = None, http_options: dict[str, Any] | None = No
 
 
 def run(target: Application, *, name: str = "default", route_prefix: str | None = "/",
-        blocking: bool = False, _local_testing_mode: bool = False, **_ignored: Any) -> DeploymentHandle:
+        blocking: bool = False, logging_config: LoggingConfig | dict[str, Any] | None = None,
+        _local_testing_mode: bool = False, **_ignored: Any) -> DeploymentHandle:
     """Deploy (or upgrade, if ``name`` exists) an application; returns a handle to its ingress.
 
     Returns once every deployment has its replicas running. Raises the constructor's own
-    exception if a deployment fails to start.
+    exception if a deployment fails to start. ``logging_config`` applies to the
+    deployments that set none of their own, as in Ray.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError("the application name must be a non-empty string")
@@ -120,7 +128,8 @@ def run(target: Application, *, name: str = "default", route_prefix: str | None 
         raise ConfigError(f"route_prefix must start with '/', got {route_prefix!r}")
     if route_prefix is not None and len(route_prefix) > 1:
         route_prefix = route_prefix.rstrip("/")
-    handle = _ctx.get_context().deploy(target, name, route_prefix)
+    handle = _ctx.get_context().deploy(target, name, route_prefix,
+                                       logging_config=LoggingConfig.parse(logging_config))
     if blocking:
         try:
             threading.Event().wait()
