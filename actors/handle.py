@@ -19,6 +19,7 @@ from typing import Any
 from broker import codec, streams
 from broker.keys import Keys
 
+from .context import _serve_request_context
 from .exceptions import ServeException, cancelled_error, rebuild_remote_error
 from .runtime import bridge
 from .runtime.caller import DETACHED, CallClient, get_client
@@ -105,9 +106,11 @@ class DeploymentHandle:
             payload = codec.encode_args(args, kwargs)
         finally:
             _collecting.reset(token)
+        parent = _serve_request_context.get()  # a call made while serving a request carries its id
+        request_id = None if parent is None else parent.request_id
         if self._stream:
             message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
-                                           refs=tuple(refs), stream=True)
+                                           refs=tuple(refs), stream=True, request_id=request_id)
             future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
                                    expect_reply=False)
             generator = DeploymentResponseGenerator(client, self._deployment_name, req_id, future)
@@ -115,7 +118,7 @@ class DeploymentHandle:
                 children.adopt(generator._state.cancel)
             return generator  # type: ignore[return-value]  # stream=True; remote() is typed for the common case
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
-                                       refs=tuple(refs), reply_to=client.reply_inbox())
+                                       refs=tuple(refs), reply_to=client.reply_inbox(), request_id=request_id)
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs))
         response = DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future,
                                       tuple(refs))

@@ -46,6 +46,8 @@ logger = logging.getLogger("mqserve.gateway")
 ROUTE_RELOAD_S = 5.0
 #: The status counted (as nginx does) for a request whose client left before its body was in.
 CLIENT_CLOSED_REQUEST = 499
+#: The header carrying a request's user-visible id, in and out (Ray's ``x-request-id``).
+REQUEST_ID_HEADER = b"x-request-id"
 #: What :meth:`Gateway._body` returns when the client disconnects before the body's end.
 _DISCONNECTED = b"<disconnected>"
 Scope = dict[str, Any]
@@ -130,6 +132,9 @@ class Gateway:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: Route) -> int:
         assert self.client is not None
+        req_id = codec.new_request_id()
+        headers, request_id = _with_request_id(scope, req_id)
+        send = _answering_with(send, request_id)
         body = await self._body(scope, receive)
         if body is _DISCONNECTED:  # the client left mid-body: never run a truncated request
             return CLIENT_CLOSED_REQUEST
@@ -138,15 +143,14 @@ class Gateway:
                                                "(MQSERVE_MAX_BODY_BYTES).")
         snapshot = {
             "method": scope["method"], "path": scope["path"], "root_path": route.root_path,
-            "query_string": scope.get("query_string", b""), "headers": list(scope.get("headers", [])),
+            "query_string": scope.get("query_string", b""), "headers": headers,
             "http_version": scope.get("http_version", "1.1"), "scheme": scope.get("scheme", "http"),
             "server": scope.get("server"), "client": scope.get("client"), "body": body,
         }
-        req_id = codec.new_request_id()
         # Only plain values: the replica unpickles this, the gateway never unpickles client data.
         payload = pickle.dumps(((snapshot,), {}), protocol=pickle.HIGHEST_PROTOCOL)
         message = codec.encode_request(req_id=req_id, method="__call__", payload=payload,
-                                       reply_to=self.client.reply_inbox(), http=True)
+                                       reply_to=self.client.reply_inbox(), http=True, request_id=request_id)
         future = self.client.submit(route.app, route.ingress, req_id, message)
         try:
             outcome = await asyncio.wait_for(bridge.wait(future), self.timeout_s)
@@ -213,6 +217,30 @@ class Gateway:
             await send({"type": "http.response.body", "body": b""})
         finally:
             self.client.end_stream(req_id, cancel=not ended)
+
+
+def _with_request_id(scope: Scope, req_id: str) -> tuple[list[tuple[bytes, bytes]], str]:
+    """The request's headers and its user-visible id, as Ray's proxy decides it: the
+    client's ``X-Request-Id``, else a new one (the call's own id, which travels free),
+    added to the headers the ingress sees."""
+    headers = list(scope.get("headers", ()))
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            return headers, value.decode("latin-1")
+    headers.append((REQUEST_ID_HEADER, req_id.encode()))
+    return headers, req_id
+
+
+def _answering_with(send: Send, request_id: str) -> Send:
+    """``send``, adding the ``X-Request-Id`` header to the response, as Ray's proxy does."""
+    header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+
+    async def tagged(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return tagged
 
 
 async def _disconnected(receive: Receive) -> None:
