@@ -44,7 +44,8 @@ SETTLE = Script("settle")
 LEAD = Script("lead")
 RESIGN = Script("resign")
 TAKE = Script("take")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, SETTLE, LEAD, RESIGN, TAKE)
+RERANK = Script("rerank")
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, SETTLE, LEAD, RESIGN, TAKE, RERANK)
 
 
 def complete(batch: Batch, keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,
