@@ -7,12 +7,18 @@ sent, ``route`` being the matched route of the ingress app (``/{name}`` for Fast
 They go to the ``ray.serve`` logger with ``extra={"serve_access_log": True}``, so
 ``LoggingConfig(enable_access_log=False)`` drops them; then a replica builds no
 :class:`AccessLog` at all, and requests pay nothing for it.
+
+A line is written by the access log's own thread: formatting it and writing it to
+stderr and the file takes longer than a short request, and the request's outcome should
+not wait for it (a request hands over its figures, the thread logs them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import MutableMapping
 from concurrent.futures import Future
@@ -20,7 +26,7 @@ from typing import Any
 
 from broker import codec
 
-from ..context import _RequestContext
+from ..context import _RequestContext, _serve_request_context
 from .http import ASGIApp, Scope
 from .logs import ACCESS_LOG_ATTR, SERVE_LOGGER_NAME
 
@@ -29,10 +35,23 @@ CLIENT_CLOSED = 499
 
 
 class AccessLog:
-    """Writes the access log lines of one replica."""
+    """Writes the access log lines of one replica, from a thread of its own."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.logger = logger or logging.getLogger(SERVE_LOGGER_NAME)
+        self._lines: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name="mqserve-access-log", daemon=True)
+        self._writer.start()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write the lines still queued, then stop the thread."""
+        self._lines.put(None)
+        self._writer.join(timeout_s)
+
+    def _write(self) -> None:
+        while (line := self._lines.get()) is not None:
+            fmt, args, extra = line
+            self.logger.info(fmt, *args, extra=extra)
 
     def watch_call(self, method: str, request: _RequestContext, started: float, outcome: Future[bytes]) -> None:
         """Log handle call ``method`` (running as ``request`` since ``started``, from
@@ -52,7 +71,7 @@ class AccessLog:
             extra["request_id"] = request.request_id
             if request.route:
                 extra["route"] = request.route
-        self.logger.info("%s %s %s %.1fms", method, route, status, elapsed_ms, extra=extra)
+        self._lines.put(("%s %s %s %.1fms", (method, route, status, elapsed_ms), extra))
 
     def asgi(self, app: ASGIApp) -> ASGIApp:
         """``app``, logging each request it serves (in the request's context)."""
@@ -72,7 +91,8 @@ class AccessLog:
                 status[0] = CLIENT_CLOSED
                 raise
             finally:
-                self.line(scope["method"], route_of(scope), status[0], started, None)
+                request = _serve_request_context.get()  # the task's, set by the replica
+                self.line(scope["method"], route_of(scope), status[0], started, request)
 
         return logged
 

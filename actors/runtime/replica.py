@@ -133,6 +133,8 @@ class Replica:
                            config.graceful_shutdown_timeout_s)
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
         self.outcomes.close()
+        if self.access is not None:
+            self.access.close()
         broker.close()
         close_clients()
         if self.loop_thread is not None:

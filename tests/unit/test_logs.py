@@ -110,6 +110,7 @@ def test_access_log_lines_and_turning_them_off(tmp_path: Path, enabled: bool) ->
     cancelled.set_result(codec.encode_error(RequestCancelledError("x")))
     # And user code logs with Ray's access-log marker
     logging.getLogger("ray.serve").info("marked", extra={"serve_access_log": True})
+    access.close()  # its thread writes the lines still queued, then ends
     text = path.read_text()
     # Then each call has its line (Ray's words), unless access logs are off
     assert ("req-1 -- CALL predict OK " in text) is enabled
