@@ -34,7 +34,34 @@ RayServeException = ServeException
 
 
 class BackPressureError(ServeException):
-    """The deployment already has ``max_queued_requests`` requests waiting."""
+    """The deployment already has ``max_queued_requests`` requests waiting.
+
+    Built as Ray Serve builds it, and its message starts as Ray's does ("Request dropped
+    due to backpressure"), which is what clients and tests match on. Over HTTP it is
+    answered with ``status_code`` (503, or 429 with the deployment's
+    ``backpressure_config``) and, if ``retry_after_s`` is set, a ``Retry-After`` header.
+    ``detail`` (mqserve's own) says which deployment refused, and what to do.
+    """
+
+    def __init__(self, num_queued_requests: int, max_queued_requests: int, status_code: int = 503,
+                 retry_after_s: float | None = None, detail: str = "") -> None:
+        # Every argument goes to the base class, so that the error survives pickling.
+        super().__init__(num_queued_requests, max_queued_requests, status_code, retry_after_s, detail)
+        self.num_queued_requests = num_queued_requests
+        self.max_queued_requests = max_queued_requests
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        """The message alone (``str()`` of an error from another process adds its traceback)."""
+        text = (f"Request dropped due to backpressure (num_queued_requests={self.num_queued_requests}, "
+                f"max_queued_requests={self.max_queued_requests}).")
+        return f"{text} {self.detail}" if self.detail else text
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class DeploymentUnavailableError(ServeException):

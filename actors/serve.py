@@ -22,7 +22,7 @@ from typing import Any
 from broker.connection import redact
 
 from .batching import batch
-from .config import ConfigError, DeploymentConfig
+from .config import BackpressureConfig, ConfigError, DeploymentConfig, check_http_options, check_route_prefix
 from .deployment import Application, Deployment
 from .exceptions import DeploymentUnavailableError
 from .handle import DeploymentHandle
@@ -52,6 +52,7 @@ def deployment(
     graceful_shutdown_wait_loop_s: float = _UNSET,
     ray_actor_options: dict[str, Any] | None = _UNSET,
     max_request_retries: int = _UNSET,
+    backpressure_config: dict[str, Any] | BackpressureConfig | None = _UNSET,
     **unsupported: Any,
 ) -> Any:
     """Make a class or function a deployment; works bare (``@serve.deployment``) or with options.
@@ -60,7 +61,9 @@ def deployment(
     ``max_queued_requests=-1`` (unlimited). ``ray_actor_options`` is accepted and advisory.
     ``max_request_retries`` (mqserve's own, default 0) is how many times a request is run
     again on another replica when the replica running it dies; with 0 its caller gets
-    ``ReplicaDiedError``, as in Ray Serve.
+    ``ReplicaDiedError``, as in Ray Serve. ``backpressure_config`` (Ray's, e.g.
+    ``{"status_code": 429, "retry_after_s": 7}``) is how HTTP answers a request refused
+    by ``max_queued_requests``: 503 without ``Retry-After`` unless it says otherwise.
     """
     given = {k: v for k, v in {
         "num_replicas": num_replicas, "max_ongoing_requests": max_ongoing_requests,
@@ -70,6 +73,7 @@ def deployment(
         "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s,
         "graceful_shutdown_wait_loop_s": graceful_shutdown_wait_loop_s,
         "ray_actor_options": ray_actor_options, "max_request_retries": max_request_retries,
+        "backpressure_config": backpressure_config,
     }.items() if v is not _UNSET}
     unsupported.pop("version", None)
     unsupported.pop("route_prefix", None)
@@ -93,8 +97,11 @@ def start(redis_url: str | None = None, http_options: dict[str, Any] | None = No
     run on its ``mqserve worker`` processes and HTTP goes through its ``mqserve gateway``
     processes; nothing starts here. Otherwise (local mode) a private ``redis-server``, a
     node and a gateway start here and stop at ``shutdown()`` or exit. Called implicitly
-    by ``run()``.
+    by ``run()``. ``http_options`` configures that gateway: ``host``, ``port`` and
+    ``request_timeout_s`` (408 and a cancelled request past it; ``MQSERVE_HTTP_TIMEOUT_S``
+    otherwise); a cluster's gateways take theirs from their own settings.
     """
+    http_options = check_http_options(http_options)
     ctx = _ctx.current_context()
     if ctx is not None:
         if redis_url is not None and redis_url != ctx.url:
@@ -108,14 +115,12 @@ def run(target: Application, *, name: str = "default", route_prefix: str | None 
     """Deploy (or upgrade, if ``name`` exists) an application; returns a handle to its ingress.
 
     Returns once every deployment has its replicas running. Raises the constructor's own
-    exception if a deployment fails to start.
+    exception if a deployment fails to start, and ``ValueError`` for a ``route_prefix``
+    Ray Serve refuses (see ``check_route_prefix``).
     """
     if not isinstance(name, str) or not name:
         raise ConfigError("the application name must be a non-empty string")
-    if route_prefix is not None and (not isinstance(route_prefix, str) or not route_prefix.startswith("/")):
-        raise ConfigError(f"route_prefix must start with '/', got {route_prefix!r}")
-    if route_prefix is not None and len(route_prefix) > 1:
-        route_prefix = route_prefix.rstrip("/")
+    check_route_prefix(route_prefix)
     handle = _ctx.get_context().deploy(target, name, route_prefix)
     if blocking:
         try:

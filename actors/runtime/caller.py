@@ -41,6 +41,7 @@ from broker.codec import REQUEST_ID_LEN, new_request_id
 from broker.connection import connect
 from broker.keys import Keys
 
+from ..config import BackpressureConfig
 from ..exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
@@ -117,8 +118,8 @@ class CallClient:
             if isinstance(res, Exception):
                 # Perhaps queued after all: its consumed responses may still be read.
                 self._not_run(req_id, (), ConnectionError(f"could not reach Redis to send a request: {res}"))
-            elif isinstance(res, int) and res < 0:
-                self._not_run(req_id, consumes, _refusal(res, app, dep, req_id))
+            elif (refused := calls.refusal(res)) is not None:
+                self._not_run(req_id, consumes, _refusal(*refused, app, dep, req_id))
             elif not expect_reply:
                 self._deliver(req_id, b"")
 
@@ -436,12 +437,15 @@ class _DataLossWatch:
         return lost
 
 
-def _refusal(code: int, app: str, dep: str, req_id: str) -> Exception:
-    """The error of a request ``enqueue.lua`` refused with ``code``."""
+def _refusal(code: int, details: list[Any], app: str, dep: str, req_id: str) -> Exception:
+    """The error of a request ``enqueue.lua`` refused with ``code`` (and ``details``)."""
     if code == -2:
+        queued, max_queued, config = details
+        answer = BackpressureConfig.parse(config)
         return BackPressureError(
-            f"Request dropped: deployment '{dep}' of application '{app}' already has "
-            "max_queued_requests requests waiting. Retry later or raise max_queued_requests.")
+            int(queued), int(max_queued), answer.status_code, answer.retry_after_s,
+            f"Deployment '{dep}' of application '{app}' already has max_queued_requests requests "
+            "waiting; retry later, or raise max_queued_requests.")
     if code == -3:
         return DeploymentUnavailableError(
             f"Deployment '{dep}' of application '{app}' failed to start, so it cannot take "
