@@ -21,6 +21,7 @@ from typing import Any
 
 from broker.connection import redact
 
+from . import ingress as _ingress
 from .batching import batch
 from .config import BackpressureConfig, ConfigError, DeploymentConfig, check_http_options, check_route_prefix
 from .deployment import Application, Deployment
@@ -173,7 +174,11 @@ def get_deployment_handle(deployment_name: str, app_name: str = "default") -> De
 def ingress(app: Any) -> Callable[[type], type]:
     """Serve HTTP requests to the application through ``app`` (Starlette or FastAPI).
 
-    Put it under ``@serve.deployment``; FastAPI routes may be methods of the class::
+    Put it under ``@serve.deployment``; FastAPI routes may be methods of the class. As
+    in Ray Serve, the deployment serves the app as it is when the class is decorated
+    (method routes of other classes decorated with the same app are theirs), its
+    lifespan starts after the constructor on each replica (a failing startup fails the
+    deploy with ``RuntimeError``) and shuts down when the replica stops::
 
         fastapi_app = FastAPI()
 
@@ -187,23 +192,10 @@ def ingress(app: Any) -> Callable[[type], type]:
     if not callable(app):
         raise TypeError(f"@serve.ingress takes an ASGI app (Starlette or FastAPI), got {type(app).__name__}")
 
-    _picklable_app_state()
-
     def decorate(cls: type) -> type:
         if not isinstance(cls, type):
             raise TypeError("@serve.ingress decorates a class; put it under @serve.deployment")
-        cls._mq_ingress_app = app  # type: ignore[attr-defined]  # a class takes attributes; read back with getattr
+        cls._mq_ingress_app = _ingress.prepare(app, cls)  # type: ignore[attr-defined]  # a class takes attributes; read back with getattr
         return cls
 
     return decorate
-
-
-def _picklable_app_state() -> None:
-    """Starlette's ``app.state`` recurses forever when unpickled (its ``__getattr__``
-    reads ``_state`` before it exists); pickle it as its dict, so the ingress app can
-    travel to the replicas."""
-    import copyreg
-
-    from starlette.datastructures import State
-
-    copyreg.pickle(State, lambda state: (State, (dict(state._state),)))
