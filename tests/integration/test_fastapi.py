@@ -137,6 +137,14 @@ def test_fastapi_features_work_as_on_ray(serve_instance, base_url) -> None:
     def function_route(a: int) -> dict:
         return {"a": a}
 
+    mounted = FastAPI()
+
+    @mounted.get("/hi")
+    def hi() -> str:
+        return "from a mounted app"
+
+    app.mount("/mounted", mounted)
+
     @serve.deployment
     @serve.ingress(app)
     class Shop:
@@ -182,6 +190,7 @@ def test_fastapi_features_work_as_on_ray(serve_instance, base_url) -> None:
     assert get("/router/ping").json() == "pong"
     assert get("/router/nested/deep/21").json() == 42
     assert get("/function/7").json() == {"a": 7}
+    assert get("/mounted/hi").json() == "from a mounted app"
     # OpenAPI docs know the routes, under the app's route prefix
     assert "/items/{name}" in get("/openapi.json").json()["paths"]
     # And the handle calls the methods as methods
