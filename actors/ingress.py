@@ -81,7 +81,8 @@ def _class_based_view(app: Any, cls: type) -> None:
         route.endpoint.__signature__ = signature.replace(parameters=[first, *rest])  # read by inspect.signature
         _owners[route.endpoint] = weakref.ref(cls)
         view.routes.append(route)
-    app.include_router(view)
+    if view.routes:
+        app.include_router(view)
     # Method routes of other classes decorated with this app are theirs alone.
     for route, parent, _ in list(_routes(app)):
         owner = _owners.get(route.endpoint)
