@@ -147,6 +147,8 @@ def test_a_client_that_leaves_cancels_its_running_request_and_what_it_awaits(por
     again = open_request(port, "/door?tag=b")
     poll(lambda: "b started" in events(gate)(), what="the next request to start")
     again.close()
+    # (and leaves the slot free for the next test)
+    poll(lambda: "door b cancelled" in events(gate)(), what="the next request to be cancelled")
 
 
 @pytest.fixture(scope="module")
