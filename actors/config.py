@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -163,6 +164,10 @@ class DeploymentConfig:
     #: How the replicas log (a :class:`LoggingConfig`'s fields); None: the application's,
     #: else the defaults.
     logging_config: dict[str, Any] | None = None
+    #: Ray's ``backpressure_config``: the HTTP answer to a request refused because
+    #: ``max_queued_requests`` are waiting, ``{"status_code": 503 or 429, "retry_after_s":
+    #: seconds or None}``; None means 503 without ``Retry-After``.
+    backpressure_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         n = self.num_replicas
@@ -189,6 +194,8 @@ class DeploymentConfig:
         if self.logging_config is not None:
             parsed = LoggingConfig.parse(self.logging_config)
             object.__setattr__(self, "logging_config", parsed.model_dump() if parsed is not None else None)
+        if self.backpressure_config is not None:
+            object.__setattr__(self, "backpressure_config", _check_backpressure(self.backpressure_config))
         if self.user_config is not None:
             try:
                 json.dumps(self.user_config)
@@ -223,6 +230,47 @@ def user_config_tag(user_config: Any) -> str:
     return hashlib.sha1(json.dumps(user_config, sort_keys=True).encode()).hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class BackpressureConfig:
+    """Ray Serve's ``BackpressureConfig``: how HTTP answers a request that a deployment
+    refused because ``max_queued_requests`` requests are already waiting.
+
+    ``status_code`` is 503 (the default) or 429; with ``retry_after_s`` the answer has a
+    ``Retry-After`` header of that many seconds, rounded up. Pass it, or a dict of the
+    same keys, as ``@serve.deployment(backpressure_config=...)``.
+    """
+
+    status_code: int = 503
+    retry_after_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.status_code not in (503, 429) or isinstance(self.status_code, bool):
+            raise ConfigError(f"backpressure_config.status_code must be 503 or 429, got {self.status_code!r}")
+        r = self.retry_after_s
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < math.inf):
+            raise ConfigError(f"backpressure_config.retry_after_s must be a finite number of seconds >= 0 "
+                              f"or None, got {r!r}")
+
+    @classmethod
+    def parse(cls, config_json: str | bytes | None) -> BackpressureConfig:
+        """The backpressure answer of a deployment, from its config as stored in Redis."""
+        if not config_json:
+            return cls()
+        return cls(**(json.loads(config_json).get("backpressure_config") or {}))
+
+
+def _check_backpressure(config: Any) -> dict[str, Any]:
+    if isinstance(config, BackpressureConfig):
+        return asdict(config)
+    if not isinstance(config, dict):
+        raise ConfigError(f"backpressure_config must be a dict or a BackpressureConfig, got {type(config).__name__}")
+    unknown = set(config) - {"status_code", "retry_after_s"}
+    if unknown:
+        raise ConfigError(f"unknown backpressure_config field(s): {', '.join(sorted(unknown))}; "
+                          "it takes status_code and retry_after_s")
+    return asdict(BackpressureConfig(**config))
+
+
 def _check_autoscaling(config: dict[str, Any]) -> dict[str, Any]:
     unknown = set(config) - set(_AUTOSCALING_DEFAULTS) - {"look_back_period_s", "metrics_interval_s",
                                                          "upscaling_factor", "downscaling_factor",
@@ -237,6 +285,36 @@ def _check_autoscaling(config: dict[str, Any]) -> dict[str, Any]:
     if init is not None and not (lo <= init <= hi):
         raise ConfigError(f"initial_replicas must lie between min_replicas and max_replicas, got {init}")
     return auto
+
+
+def check_route_prefix(route_prefix: str | None) -> None:
+    """Refuse a ``route_prefix`` Ray Serve refuses (with its words, a ``ValueError``): it
+    starts with "/", ends with "/" only if it is "/", and has no "{" or "}" (no path
+    parameters: routing is by prefix). None means no HTTP route."""
+    if route_prefix is None:
+        return
+    if not isinstance(route_prefix, str) or not route_prefix.startswith("/"):
+        raise ConfigError(f"Invalid route_prefix '{route_prefix}', must start with a forward slash ('/').")
+    if route_prefix != "/" and route_prefix.endswith("/"):
+        raise ConfigError(f"Invalid route_prefix '{route_prefix}', may not end with a trailing '/'.")
+    if "{" in route_prefix or "}" in route_prefix:
+        raise ConfigError(f"Invalid route_prefix '{route_prefix}', may not contain wildcards.")
+
+
+def check_http_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``serve.start``'s (and a config file's) ``http_options``, checked. mqserve uses
+    ``host``, ``port`` and ``request_timeout_s`` (seconds before the gateway answers 408
+    and cancels the request; None or negative: no limit, as in Ray); Ray's other keys
+    are accepted and have no effect."""
+    options = dict(options or {})
+    timeout = options.get("request_timeout_s")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout == 0 \
+                or timeout != timeout:  # NaN
+            raise ConfigError(f"http_options['request_timeout_s'] must be a positive number of seconds "
+                              f"(or None for no limit), got {timeout!r}")
+        options["request_timeout_s"] = float(timeout) if timeout > 0 else None
+    return options
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,23 @@ class Transport:
 
 def enqueue(batch: scripts.Batch, keys: Keys, app: str, dep: str, req_id: str, message: bytes,
             consumes: Sequence[str], ttl_ms: int) -> None:
-    """Queue a request (``enqueue.lua``: its reply is the queue length or a refusal code)."""
+    """Queue a request (``enqueue.lua``: its reply is the queue length or a refusal, read
+    by :func:`refusal`)."""
     args: list[Any] = [message, ttl_ms]
     for ref in consumes:
         args += (keys.detached(ref), keys.result(ref))
     batch.script(scripts.ENQUEUE, (keys.deployment(app, dep), keys.queue(app, dep), keys.controller_wake,
                                    keys.cancelled(req_id)), args)
+
+
+def refusal(reply: Any) -> tuple[int, list[Any]] | None:
+    """``enqueue.lua``'s refusal code and details (see the script), or None if it queued
+    the request."""
+    if isinstance(reply, list):
+        return int(reply[0]), reply[1:]
+    if isinstance(reply, int) and reply < 0:
+        return reply, []
+    return None
 
 
 def watch(batch: scripts.Batch, keys: Keys, req_id: str, inbox: str, ttl_ms: int) -> None:

@@ -116,7 +116,9 @@ def _healthy(port: int, proc: subprocess.Popen[bytes]) -> bool:
     if proc.poll() is not None:
         raise AssertionError(f"gateway on port {port} exited with status {proc.returncode}")
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=1).status_code == 200
+        # Up: healthy, or not ready for traffic only because no application has a route yet.
+        r = httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=1)
+        return r.status_code == 200 or (r.status_code, r.text) == (503, "Route table is not populated yet.")
     except httpx.HTTPError:
         return False
 

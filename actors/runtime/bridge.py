@@ -9,8 +9,8 @@ gateway hands blocking work to threads. Each such crossing goes through one of t
   its next step (one Redis pipeline, one wake-up), whether posted on the loop or from
   other threads;
 - :func:`submit`: run a coroutine on a loop, from another thread;
-- :func:`wait`: await a ``concurrent.futures.Future`` on the loop that waits for it,
-  with one wake-up per batch of results rather than one per future;
+- :func:`wait` (and :func:`follow`): await a ``concurrent.futures.Future`` on the loop
+  that waits for it, with one wake-up per batch of results rather than one per future;
 - :func:`run_sync`: run blocking (user) code from a loop on the one thread pool, the
   loop's default executor.
 """
@@ -82,6 +82,13 @@ async def wait(source: concurrent.futures.Future[T]) -> T:
         if source.cancelled():
             raise asyncio.CancelledError()
         return source.result()
+    return await follow(source)
+
+
+def follow(source: concurrent.futures.Future[T]) -> asyncio.Future[T]:
+    """An asyncio future of the running loop that takes ``source``'s outcome, as
+    :func:`wait` awaits it: for code that waits for it among other things
+    (``asyncio.wait``). Cancelling it leaves ``source`` alone."""
     loop = asyncio.get_running_loop()
     waiters = _waiters.get(loop)
     if waiters is None:
@@ -95,7 +102,7 @@ async def wait(source: concurrent.futures.Future[T]) -> T:
             waiters.post_threadsafe((target, src))
 
     source.add_done_callback(done)
-    return await target
+    return target
 
 
 async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -42,6 +42,7 @@ from broker import calls, clock, codec, epoch, scripts, streams
 from broker.codec import REQUEST_ID_LEN, new_request_id
 from broker.keys import Keys
 
+from ..config import BackpressureConfig
 from ..exceptions import RequestCancelledError, RequestLostError, cancelled_error, refused_error
 from . import bridge
 from .channel import RECONNECT_PAUSE_S, Add, Done, LoopChannel
@@ -100,8 +101,8 @@ class CallClient:
             if isinstance(res, Exception):
                 # Perhaps queued after all: its consumed responses may still be read.
                 self._not_run(req_id, (), ConnectionError(f"could not reach Redis to send a request: {res}"))
-            elif isinstance(res, int) and res < 0:
-                self._not_run(req_id, consumes, refused_error(res, app, dep, req_id))
+            elif (refused := calls.refusal(res)) is not None:
+                self._not_run(req_id, consumes, _refused(*refused, app, dep, req_id))
             elif not expect_reply:
                 self._deliver(req_id, b"")
 
@@ -364,6 +365,18 @@ class CallClient:
             inbox.leave(self._redis)
         except redis.RedisError:
             pass
+
+
+def _refused(code: int, details: list[Any], app: str, dep: str, req_id: str) -> Exception:
+    """The error of a request ``enqueue.lua`` refused with ``code``; a refusal for
+    backpressure comes with the queue's length, its limit and the deployment's config,
+    which says how to answer it (``backpressure_config``)."""
+    if code != -2 or len(details) != 3:
+        return refused_error(code, app, dep, req_id)
+    queued, max_queued, config = details
+    answer = BackpressureConfig.parse(config)
+    return refused_error(code, app, dep, req_id, queued=int(queued), max_queued=int(max_queued),
+                         status_code=answer.status_code, retry_after_s=answer.retry_after_s)
 
 
 _clients: dict[tuple[int, str, str, int], CallClient] = {}

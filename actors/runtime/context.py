@@ -80,7 +80,8 @@ class ServeContext:
         host = self.http_options.get("host") or settings.http_host
         port = int(self.http_options.get("port") or settings.http_port)
         try:
-            self.gateway = LocalGateway(self.url, settings.namespace, host, port)
+            self.gateway = LocalGateway(self.url, settings.namespace, host, port,
+                                        request_timeout_s=self.http_options.get("request_timeout_s"))
             self.gateway.wait_ready()
         except BaseException:
             self._stop_local()

@@ -39,7 +39,7 @@ from broker.registry import Registry
 
 from ..batching import batch_capacity
 from ..config import DEFAULT_LOG_LEVEL, DEFAULT_LOGS_DIR, DeploymentConfig, Settings, user_config_tag
-from . import bridge, identity
+from . import bridge, http, identity
 from .caller import close_clients
 from .cancellation import Cancellations
 from .outcomes import OutcomeWriter
@@ -73,6 +73,8 @@ class Replica:
         self.is_function = False
         self.user_config_tag = ""
         self.cancels = Cancellations()
+        #: The @serve.ingress app, whose lifespan runs while the replica does.
+        self.ingress: http.Ingress | None = None
         #: Set when check_health failed: the record keeps saying UNHEALTHY while it stops.
         self.unhealthy = False
 
@@ -133,6 +135,7 @@ class Replica:
                            config.graceful_shutdown_timeout_s)
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
         self.outcomes.close()
+        self._stop_ingress(config.graceful_shutdown_timeout_s)
         if self.access is not None:
             self.access.close()
         broker.close()
@@ -253,11 +256,23 @@ class Replica:
                 self._call(self.target.__init__, args, kwargs)
             else:
                 self.target = func_or_class(*args, **kwargs)
+            self.ingress = http.ingress_of(self.target)
+            if self.ingress is not None:  # its lifespan starts after the constructor, as in Ray
+                self.loop_thread.run_coroutine(self.ingress.start())
             reconfigure = getattr(self.target, "reconfigure", None)
             if config.user_config is not None and callable(reconfigure):
                 self._call(reconfigure, (config.user_config,), {})
         else:
             self.target, self.is_function = func_or_class, True
+
+    def _stop_ingress(self, timeout_s: float) -> None:
+        """Run the ingress app's lifespan shutdown, once its requests are done."""
+        if self.ingress is None or self.loop_thread is None:
+            return
+        try:
+            bridge.submit(self.loop_thread.loop, self.ingress.stop()).result(timeout=timeout_s)
+        except Exception as e:
+            logger.warning("the ingress app's lifespan shutdown did not finish: %r", e)
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run user code to the end, here (constructor-time calls such as reconfigure)."""

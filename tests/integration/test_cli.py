@@ -112,6 +112,26 @@ def test_run_config_file_applies_logging_config(mqserve, tmp_path) -> None:
     assert wait_until_gone(marker) == []
 
 
+def test_run_config_file_http_options_set_the_request_timeout(mqserve, tmp_path) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "http_options:\n"
+        "  request_timeout_s: 1\n"
+        "applications:\n"
+        "  - name: sleeper\n"
+        "    route_prefix: /sleep\n"
+        "    import_path: tests.apps.sleeper:app\n")
+    start, marker = mqserve
+    proc, port = start(str(config))
+    _wait_running(proc)
+    r = httpx.get(f"http://127.0.0.1:{port}/sleep?s=30", timeout=20)
+    assert r.status_code == 408 and r.text.endswith("timed out after 1.0s."), r.text
+    assert httpx.get(f"http://127.0.0.1:{port}/sleep?s=0", timeout=20).text == "awake"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert wait_until_gone(marker) == []
+
+
 @pytest.mark.parametrize("target, expected", [
     ("tests.apps.missing:app", "Could not import 'tests.apps.missing'"),
     ("tests.apps.greeter:nothing", "has no attribute 'nothing'"),
