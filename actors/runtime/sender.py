@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
@@ -66,7 +66,7 @@ class LoopSender:
     """Sends the ops posted on one event loop, on its line, or by step while it has none."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client: Any,
-                 open_line: Callable[[Any], Any]) -> None:
+                 open_line: Callable[[Any], Awaitable[Line]]) -> None:
         self.loop = loop
         self.client = client  # the loop's redis.asyncio client: step pipelines, script reloads
         self._open_line = open_line
@@ -119,7 +119,7 @@ class LoopSender:
     async def _connect(self) -> None:
         try:
             line = await self._open_line(self.client)
-        except (redis.RedisError, OSError) as e:
+        except Exception as e:  # Redis unreachable (or refusing us): step pipelines have retries
             self._retry_at = self.loop.time() + RECONNECT_PAUSE_S
             logger.info("mqserve: could not open a send line (%s); sending by step meanwhile", e)
             return
@@ -139,11 +139,14 @@ class LoopSender:
                     replies = await batch.retry_async(self.client, replies)
                 _call(done, replies[0])
         except Exception as e:
+            unanswered = line.abandon()
             if not isinstance(e, (redis.RedisError, OSError)):  # a bug; the line may be out of step
-                logger.exception("mqserve: reading a send line failed; its unanswered calls fail")
-            elif not self._closed:
-                logger.warning("mqserve: send line lost Redis (%s); its unanswered calls fail", e)
-            for _, done in line.abandon():
+                logger.exception("mqserve: reading a send line failed; %d call(s) fail", len(unanswered))
+            elif unanswered:
+                logger.warning("mqserve: send line lost Redis (%s); %d call(s) fail", e, len(unanswered))
+            else:  # idle: e.g. Redis's idle client timeout; the next call opens another
+                logger.info("mqserve: send line closed (%s)", e)
+            for _, done in unanswered:
                 _call(done, e)
         finally:
             if self._line is line:
