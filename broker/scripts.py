@@ -85,6 +85,10 @@ class Batch:
     def command(self, name: str, *args: Any, **options: Any) -> None:
         self._calls.append((None, name, (args, options)))
 
+    def extend(self, other: Batch) -> None:
+        """Add ``other``'s calls after these (their results follow these results)."""
+        self._calls.extend(other._calls)
+
     def execute(self, client: redis.Redis) -> list[Any]:
         results: list[Any] = self._fill(client.pipeline(transaction=False)).execute(raise_on_error=False)
         for i, script, args in self._noscript(results):

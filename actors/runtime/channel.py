@@ -34,7 +34,7 @@ class LoopChannel:
         self.loop = loop
         self.inbox = client.keys.inbox(new_request_id())
         self.redis = client.transport.connect_async()
-        self.sender = LoopSender(loop, self.redis, client.transport.open_line)
+        self.sender = LoopSender(loop, self.redis, client.transport.redis, client.transport.open_line)
         self.stopped = False
         self.listener = loop.create_task(self._listen())
 

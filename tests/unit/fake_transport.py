@@ -293,7 +293,8 @@ class FakeLine:
 
     def __init__(self, fake: FakeRedis) -> None:
         self.fake = fake
-        self.written: list[list[Command]] = []
+        self.written: list[list[Command]] = []  # the batches, in order
+        self.writes: list[int] = []  # how many batches each write held
         self.held = False
         self.lost = False
         self.closed = False
@@ -304,14 +305,16 @@ class FakeLine:
     def ready(self) -> bool:
         return not self.lost and not self.closed
 
-    def send(self, batch: scripts.Batch, token: Any) -> None:
-        commands = [_command(args) for args, _ in batch.commands()]
-        self.written.append(commands)
-        try:
-            replies = self.fake.execute(commands)
-        except redis.ConnectionError:
-            self.sever()
-        self._replies.append((token, [] if self.lost else replies))
+    def send(self, ops: list[tuple[scripts.Batch, Any]]) -> None:
+        self.writes.append(len(ops))
+        for op in ops:
+            commands = [_command(args) for args, _ in op[0].commands()]
+            self.written.append(commands)
+            try:
+                replies = self.fake.execute(commands)
+            except redis.ConnectionError:
+                self.sever()
+            self._replies.append((op, [] if self.lost else replies))
         self._changed.set()
 
     def release(self) -> None:
@@ -333,9 +336,9 @@ class FakeLine:
 
     def abandon(self) -> list[Any]:
         self.lost = True
-        tokens = [token for token, _ in self._replies]
+        ops = [op for op, _ in self._replies]
         self._replies.clear()
-        return tokens
+        return ops
 
     async def close(self) -> None:
         self.closed = True

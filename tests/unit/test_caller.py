@@ -341,6 +341,45 @@ def test_a_call_on_an_event_loop_is_written_before_remote_returns(fake: FakeRedi
     assert asyncio.run(main()) == b"outcome"
 
 
+def test_the_other_calls_of_a_step_share_one_write_at_its_end(fake: FakeRedis, client: CallClient) -> None:
+    async def main() -> FakeLine:
+        line = await line_of(fake, client)
+        # Given three requests sent in one step of the loop
+        for _ in range(3):
+            submit(client)
+        # Then the first was written at once, and the others wait for the step's end
+        assert line.writes == [1]
+        await asyncio.sleep(0)
+        return line
+
+    # When it ends, they go out in one write
+    assert asyncio.run(main()).writes == [1, 2]
+
+
+@pytest.mark.parametrize("line_open", [True, False])
+def test_calls_held_by_a_step_that_blocks_are_sent_by_a_thread(
+        fake: FakeRedis, client: CallClient, line_open: bool) -> None:
+    fake.answers["enqueue"] = -2
+
+    async def main() -> tuple[int, BaseException | None]:
+        if line_open:
+            await line_of(fake, client)
+            submit(client)  # the first of the step: written at once
+        else:
+            client.reply_inbox()  # the loop's first calls: its line is not open yet
+        sent = len(fake.sent("enqueue"))
+        # Given a request held until the step ends
+        _, held = submit(client)
+        # When the loop blocks (as user code would), the request goes out all the same
+        fake.wait_for(lambda: len(fake.sent("enqueue")) == sent + 1, what="the held request to be sent")
+        return len(fake.lines[0].written) if fake.lines else 0, await error_of(held)
+
+    written, error = asyncio.run(main())
+    # By the threads' client, not on the line; and its reply reached its future
+    assert written == (1 if line_open else 0)
+    assert isinstance(error, BackPressureError)
+
+
 def test_replies_on_the_line_go_to_their_calls_in_order(fake: FakeRedis, client: CallClient) -> None:
     fake.answers["enqueue"] = lambda c: -2 if c.args[0] == b"refused" else 1
     fake.answers["watch"] = b"read"
@@ -359,8 +398,8 @@ def test_replies_on_the_line_go_to_their_calls_in_order(fake: FakeRedis, client:
         refused = client.submit("app", "Dep", codec.new_request_id(), b"refused")
         client._channel(asyncio.get_running_loop()).post(two_commands, got.append)
         read = client.watch(codec.new_request_id())
-        assert [[c.name for c in b] for b in line.written] == [["enqueue"], ["enqueue"], ["watch", "lrem"], ["watch"]]
         await asyncio.sleep(0)
+        assert [[c.name for c in b] for b in line.written] == [["enqueue"], ["enqueue"], ["watch", "lrem"], ["watch"]]
         assert not refused.done() and not read.done() and got == []
         # When they come back
         line.release()
@@ -381,9 +420,12 @@ def test_a_call_whose_script_is_not_loaded_runs_again_once_it_is(fake: FakeRedis
         # Given Redis restarted with an empty script cache
         fake.unloaded.add("enqueue")
         # When two requests are written on the line (each answered NOSCRIPT)
+        line.held = True
         _, first = submit(client)
         _, second = submit(client)
+        await asyncio.sleep(0)
         assert len(line.written) == 2
+        line.release()
         return [await error_of(first), await error_of(second)]
 
     errors = asyncio.run(main())
@@ -401,6 +443,7 @@ def test_a_lost_line_fails_the_calls_it_did_not_answer_and_the_next_opens_anothe
         line.held = True
         _, first = submit(client)
         _, second = submit(client)
+        await asyncio.sleep(0)
         # When the connection drops
         line.sever()
         errors = [await error_of(first), await error_of(second)]
