@@ -10,9 +10,9 @@ Two ways in, chosen by where the call is made:
   listener thread serves the process's thread inbox;
 - code running on an event loop gets a :class:`~actors.runtime.channel.LoopChannel` for
   that loop: an asyncio connection, an inbox and a listener task of its own. A call made
-  there is written on the loop's send line before ``.remote()`` returns (as Ray's router
-  sends it at once), and its reply resolves on the loop itself, with no hop through
-  another thread.
+  there goes out without waiting for the loop to be free, as Ray's router sends it at
+  once (:mod:`actors.runtime.sender`), and its reply resolves on the loop itself, with no
+  hop through another thread.
 
 A request's outcome is written under its result key too. The listener deletes that
 key once it has delivered the reply, unless the response was passed to another call by

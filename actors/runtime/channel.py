@@ -2,9 +2,9 @@
 
 Code running on an event loop gets a :class:`LoopChannel` for that loop (from its
 ``CallClient``): an asyncio client, an inbox and a listener task of its own, and a
-:class:`~actors.runtime.sender.LoopSender` that writes each call on the loop's send line
-before ``.remote()`` returns. Replies resolve on the loop itself, with no hop through
-another thread.
+:class:`~actors.runtime.sender.LoopSender` that sends each call without waiting for the
+loop to be free (the first of a loop step before ``.remote()`` returns). Replies resolve
+on the loop itself, with no hop through another thread.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class LoopChannel:
         self.listener = loop.create_task(self._listen())
 
     def post(self, add: Add, done: Done) -> None:
-        """Send an op from the loop's thread (at once, when its line is up)."""
+        """Send an op from the loop's thread (see :meth:`LoopSender.post`)."""
         self.sender.post(add, done)
 
     async def _listen(self) -> None:
