@@ -154,6 +154,30 @@ def cluster_on(url: str, *, workers: int = 1, gateway: bool = False, prefix: str
         assert left == [], f"processes left behind: {left}"
 
 
+@contextmanager
+def serve_in(mode: str, redis_url: str, *, prefix: str) -> Iterator[str]:
+    """This process's serve in ``mode``: "local" (private Redis on a Unix socket, one
+    node, started by serve) or "cluster" (:func:`cluster_on` ``redis_url``: TCP Redis, a
+    separate worker). Yields ``mode``; everything stops on exit, and nothing is left."""
+    if mode == "cluster":
+        with cluster_on(redis_url, prefix=prefix):
+            yield mode
+        return
+    marker = f"{prefix}{uuid.uuid4().hex[:8]}"
+    saved = dict(os.environ)
+    os.environ["MQSERVE_NAMESPACE"] = marker
+    os.environ.pop("MQSERVE_REDIS_URL", None)
+    os.environ["MQSERVE_HTTP_PORT"] = str(free_port())
+    try:
+        serve.start()
+        yield mode
+    finally:
+        serve.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+        assert wait_until_gone(marker) == [], "processes left behind"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,9 +9,10 @@ Two ways in, chosen by where the call is made:
 - a plain thread sends its request itself (it would wait for the reply anyway), and a
   listener thread serves the process's thread inbox;
 - code running on an event loop gets a :class:`~actors.runtime.channel.LoopChannel` for
-  that loop: an asyncio connection, an inbox and a listener task of its own. Calls made
-  during one step of the loop go out in one pipeline, and their replies resolve on the
-  loop itself, with no hop through another thread.
+  that loop: an asyncio connection, an inbox and a listener task of its own. A call made
+  there goes out without waiting for the loop to be free, as Ray's router sends it at
+  once (:mod:`actors.runtime.sender`), and its reply resolves on the loop itself, with no
+  hop through another thread.
 
 A request's outcome is written under its result key too. The listener deletes that
 key once it has delivered the reply, unless the response was passed to another call by
@@ -45,8 +46,9 @@ from broker.keys import Keys
 from ..config import BackpressureConfig
 from ..exceptions import RequestCancelledError, RequestLostError, cancelled_error, refused_error
 from . import bridge
-from .channel import RECONNECT_PAUSE_S, Add, Done, LoopChannel
+from .channel import LoopChannel
 from .pending import PendingRequests, Settle
+from .sender import RECONNECT_PAUSE_S, Add, Done
 
 logger = logging.getLogger(__name__)
 
