@@ -88,13 +88,7 @@ def deployment(
         "ray_actor_options": ray_actor_options, "max_request_retries": max_request_retries,
         "logging_config": logging_config, "backpressure_config": backpressure_config,
     }.items() if v is not _UNSET}
-    unsupported.pop("version", None)
-    unsupported.pop("route_prefix", None)
-    if unsupported:
-        raise ConfigError(f"@serve.deployment got unknown option(s): {', '.join(sorted(unsupported))}")
-    if given.get("ray_actor_options") is None:
-        given.pop("ray_actor_options", None)
-    config = DeploymentConfig(**given, max_ongoing_requests_set="max_ongoing_requests" in given)
+    config = _deployment_config(given, unsupported)
 
     def decorate(func_or_class: Callable[..., Any]) -> Deployment:
         return Deployment(func_or_class, name or func_or_class.__name__, config)
@@ -104,6 +98,18 @@ def deployment(
             raise ConfigError(f"@serve.deployment got two names: {_func_or_class!r} and name={name!r}")
         name, _func_or_class = _func_or_class, None
     return decorate(_func_or_class) if _func_or_class is not None else decorate
+
+
+def _deployment_config(given: dict[str, Any], unsupported: dict[str, Any]) -> DeploymentConfig:
+    """The options given to ``@serve.deployment``, checked; Ray's deprecated ``version``
+    and ``route_prefix`` are accepted and ignored."""
+    unsupported.pop("version", None)
+    unsupported.pop("route_prefix", None)
+    if unsupported:
+        raise ConfigError(f"@serve.deployment got unknown option(s): {', '.join(sorted(unsupported))}")
+    if given.get("ray_actor_options") is None:
+        given.pop("ray_actor_options", None)
+    return DeploymentConfig(**given, max_ongoing_requests_set="max_ongoing_requests" in given)
 
 
 def start(redis_url: str | None = None, http_options: dict[str, Any] | None = None,

@@ -14,15 +14,12 @@ Two ways in, chosen by where the call is made:
   once (:mod:`actors.runtime.sender`), and its reply resolves on the loop itself, with no
   hop through another thread.
 
-A request's outcome is written under its result key too. The listener deletes that
-key once it has delivered the reply, unless the response was passed to another call by
-reference: then the downstream replicas read the key (see ``watch``), and it goes when
-the last promised read is done (``settle.lua``). The promise is this process's count of
-the reads it made possible, sent when the response object is dropped. What the client
-keeps of each request to decide both is in :mod:`actors.runtime.pending`.
-
-Every command goes through the client's :class:`~broker.calls.Transport`: the real Redis
-connections, or an in-memory fake in unit tests.
+A request's outcome is written under its result key too, which the listener deletes
+once it has delivered the reply, unless the response was passed to another call by
+reference: then downstream replicas read it (``watch``), and it goes with the last read
+promised (``settle.lua``) when the response object is dropped. What the client keeps of
+each request to decide both is in :mod:`actors.runtime.pending`. Every command goes
+through the client's :class:`~broker.calls.Transport` (Redis, or a fake in unit tests).
 """
 
 from __future__ import annotations
