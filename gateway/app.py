@@ -251,14 +251,13 @@ class Gateway:
 
 
 def _with_request_id(scope: Scope, req_id: str) -> tuple[list[tuple[bytes, bytes]], str]:
-    """The request's headers and its user-visible id, as Ray's proxy decides it: the
-    client's ``X-Request-Id``, else a new one (the call's own id, which travels free),
-    added to the headers the ingress sees."""
+    """The request's headers, as the client sent them (the ingress sees the request
+    intact), and its user-visible id, as Ray's proxy decides it: the client's
+    ``X-Request-Id``, else a new one (the call's own id, which travels free)."""
     headers = list(scope.get("headers", ()))
     for name, value in headers:
         if name == REQUEST_ID_HEADER:
             return headers, value.decode("latin-1")
-    headers.append((REQUEST_ID_HEADER, req_id.encode()))
     return headers, req_id
 
 
