@@ -23,8 +23,10 @@ thread's own calls do).
 Why hold the others: writing every op at once costs a ``send()`` per op instead of one
 per step, and Redis then wakes for each, reads and answers each alone, and so does the
 reader here: on the send path alone (64 coroutines calling in a loop, 2-core VM) that
-was about 40 % more CPU per call in the caller and three times as much in Redis, where
-a step's write is about as cheap as the pipeline it replaced. Holding costs latency
+was a quarter to a half more CPU per call in the caller and two to three times as much
+in Redis. With one write per step, a busy loop costs what the pipeline per step it
+replaced did (``benchmarks/throughput.py``: the same CPU per call in the caller and in
+Redis, the same calls/s within the noise). Holding costs latency
 only while the step runs on: the held ops wait for the coroutines the step still
 resumes (microseconds to a millisecond or so), and at most ``OVERRUN_S`` plus a GIL
 hand-over if the step blocks. A coroutine that calls ``.remote()`` alone in its step

@@ -16,6 +16,7 @@ import pytest
 from actors import serve
 from actors.exceptions import DeploymentUnavailableError, ReplicaDiedError, RequestCancelledError
 from actors.handle import DeploymentHandle
+from actors.runtime import sender
 from actors.runtime.context import current_context
 from broker.registry import Registry
 from tests.cluster import poll, serve_in
@@ -210,16 +211,19 @@ def test_a_cancel_during_take_up_is_not_lost(handles) -> None:
     assert sink.count.remote().result(timeout_s=30) == ran_before
 
 
-def test_a_cancel_that_overtakes_its_request_keeps_it_from_running(handles) -> None:
-    """From an event loop, a request is sent at the loop's next step but a cancel goes out
-    at once, on another connection: the request must not run when it arrives later."""
-    _, sink, _ = handles
+def test_a_cancel_that_overtakes_its_request_keeps_it_from_running(handles, monkeypatch) -> None:
+    """From an event loop, the calls of a step after its first are sent when the step ends,
+    but a cancel goes out at once, on another connection: the request must not run when
+    it arrives later."""
+    source, sink, _ = handles
     reg = registry()
     ran_before = sink.count.remote().result(timeout_s=30)
+    monkeypatch.setattr(sender.OVERRUN, "budget_s", 3600.0)  # no thread sends them meanwhile
 
     async def cancel_at_once() -> int:
         for i in range(ROUNDS):
-            response = sink.remote(i)
+            first = source.remote(i)  # the step's first call: sent at once
+            response = sink.remote(i)  # held until the step ends
             response.cancel()
             # Hold the loop (so the request is not sent) until the cancel is in Redis.
             flag = reg.keys.cancelled(response.request_id)
@@ -228,6 +232,7 @@ def test_a_cancel_that_overtakes_its_request_keeps_it_from_running(handles) -> N
             await asyncio.sleep(0)  # the loop's step ends: the request goes out
             with pytest.raises(RequestCancelledError):
                 await response
+            assert await first == i + 1
         # Sent after them on the same connection, and Sink has one slot: it runs last.
         return await sink.count.remote()
 
