@@ -100,15 +100,17 @@ class Overrun:
         self._cond = threading.Condition(threading.Lock())
         self._armed: dict[object, tuple[float, Callable[[], None]]] = {}
         self._resting = True
+        self._wake_at = 0.0  # when the thread's timed wait ends (if not resting)
         self._pid = 0  # the process the thread runs in (none after a fork)
 
     def arm(self, key: object, late: Callable[[], None]) -> None:
         with self._cond:
-            self._armed[key] = (time.monotonic() + self.budget_s, late)
+            at = time.monotonic() + self.budget_s
+            self._armed[key] = (at, late)
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="mqserve-overrun", daemon=True).start()
-            elif self._resting:
+            elif self._resting or at < self._wake_at:  # (sooner than it wakes: budget_s was lowered)
                 self._cond.notify()
 
     def disarm(self, key: object) -> None:
@@ -128,6 +130,7 @@ class Overrun:
                     else:
                         timeout = self.budget_s if now - active < OVERRUN_REST_AFTER_S else None
                     self._resting = timeout is None
+                    self._wake_at = 0.0 if timeout is None else now + timeout
                     self._cond.wait(timeout)
                     self._resting = False
                     continue
