@@ -104,23 +104,28 @@ def encode_request(
     reply_to: str = "",
     stream: bool = False,
     http: bool = False,
+    model: str = "",
 ) -> bytes:
     """The queued form of one call; ``reply_to`` is the caller's inbox key.
 
     ``stream``: the outcome goes to the request's stream (a generator call).
     ``http``: the payload is an HTTP request snapshot for the ingress (see gateway).
+    ``model``: the multiplexed model id (``options["multiplexed_model_id"]``, only if set).
     ``message_timestamp`` is Redis's time in ms (see :mod:`broker.clock`), as the
     replica that judges the request's age may run on a machine whose clock differs;
     0 if this process has not read Redis's clock yet (age unknown).
     """
     sent_at = clock.now()
+    options: dict[str, Any] = {"reply_to": reply_to, "stream": stream, "http": http}
+    if model:
+        options["multiplexed_model_id"] = model
     return seal(pickle.dumps(
         {
             "queue_name": REQUEST_QUEUE,
             "actor_name": REQUEST_ACTOR,
             "args": (method, payload, refs),
             "kwargs": {},
-            "options": {"reply_to": reply_to, "stream": stream, "http": http},
+            "options": options,
             "message_id": req_id,
             "message_timestamp": 0 if sent_at is None else int(sent_at * 1000),
         },

@@ -16,12 +16,20 @@ import redis
 from redis.exceptions import NoScriptError
 
 
-class Script:
-    """One Lua file; call it on a client, or queue it on a pipeline."""
+def _lua(name: str) -> str:
+    return resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
 
-    def __init__(self, name: str) -> None:
+
+class Script:
+    """One Lua file; call it on a client, or queue it on a pipeline.
+
+    ``uses`` names Lua files of shared functions (``mux.lua``) put before the script's
+    own text: Redis has no ``require``, and one copy of the routing rules is safer than
+    one per script."""
+
+    def __init__(self, name: str, *, uses: Sequence[str] = ()) -> None:
         self.name = name
-        self.source = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
+        self.source = "\n".join([*(_lua(lib) for lib in uses), _lua(name)])
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -36,15 +44,17 @@ class Script:
         pipe.evalsha(self.sha, len(keys), *keys, *args)
 
 
-ENQUEUE = Script("enqueue")
+ENQUEUE = Script("enqueue", uses=("mux",))
 COMPLETE = Script("complete")
 WATCH = Script("watch")
-CANCEL = Script("cancel")
+CANCEL = Script("cancel", uses=("mux",))
+WITHDRAW = Script("withdraw", uses=("mux",))
+REQUEUE = Script("requeue", uses=("mux",))
 SETTLE = Script("settle")
 LEAD = Script("lead")
 RESIGN = Script("resign")
 TAKE = Script("take")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, SETTLE, LEAD, RESIGN, TAKE)
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, WITHDRAW, REQUEUE, SETTLE, LEAD, RESIGN, TAKE)
 
 
 def complete(batch: Batch, keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,
