@@ -26,12 +26,14 @@ from .config import ConfigError, DeploymentConfig
 from .deployment import Application, Deployment
 from .exceptions import DeploymentUnavailableError
 from .handle import DeploymentHandle
+from .multiplex import get_multiplexed_model_id, multiplexed
 from .runtime import context as _ctx
 from .status import ServeStatus
 
 __all__ = [
     "deployment", "run", "start", "status", "delete", "shutdown", "ingress", "batch",
     "get_app_handle", "get_deployment_handle", "Application", "Deployment",
+    "multiplexed", "get_multiplexed_model_id",
 ]
 
 _UNSET: Any = object()

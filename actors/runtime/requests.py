@@ -40,6 +40,7 @@ from ..handle import load_call_args
 from . import bridge, http
 from .caller import CallClient, get_client
 from .cancellation import Cancellations, children, current_request
+from .multiplex import current_model
 from .streaming import Sink, StreamWriter, drive
 
 logger = logging.getLogger("mqserve.replica")
@@ -91,9 +92,11 @@ class Requests:
         starts on the loop inherit that from this thread's context."""
         req_id = message.message_id
         token = current_request.set(req_id)
+        model = current_model.set(message.options.get("multiplexed_model_id", ""))  # serve.get_multiplexed_model_id()
         try:
             outcome = self._run(message)
         finally:
+            current_model.reset(model)
             current_request.reset(token)
         outcome.add_done_callback(lambda _: children.forget(req_id))
         return outcome
