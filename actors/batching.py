@@ -22,7 +22,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .runtime.multiplex import current_model
+from .runtime import multiplex  # a module, not its ContextVar: call_one is pickled by value
 
 #: Ray Serve's defaults.
 DEFAULT_MAX_BATCH_SIZE = 10
@@ -100,7 +100,7 @@ class _BatchQueue:
     async def _process_one(self, model: str, batch: list[_Item]) -> None:
         """One batch of requests for ``model``, in a task of its own (whose context is set
         to say the model)."""
-        current_model.set(model)
+        multiplex.current_model.set(model)
         try:
             live = [(item, fut) for item, fut, _ in batch if not fut.done()]  # cancelled callers drop out
             if not live:
@@ -164,7 +164,7 @@ def batch(_func: Callable[..., Any] | None = None, *, max_batch_size: int = DEFA
             queue = _queue_for(func, owner, loop, max_batch_size, float(batch_wait_timeout_s),
                                max_concurrent_batches)
             fut: asyncio.Future[Any] = loop.create_future()
-            queue.items.put_nowait((item, fut, current_model.get()))
+            queue.items.put_nowait((item, fut, multiplex.current_model.get()))
             return await fut
 
         call_one._mq_batch_capacity = max_batch_size * max_concurrent_batches  # type: ignore[attr-defined]  # a function takes attributes; read back with getattr

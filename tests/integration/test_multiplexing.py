@@ -186,6 +186,29 @@ def test_a_request_waiting_for_a_full_replica_can_be_cancelled_or_refused(mode: 
     serve.delete("full")
 
 
+@serve.deployment
+class Batched:
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.2)
+    async def run(self, items: list[int]) -> list[str]:
+        model = serve.get_multiplexed_model_id()
+        return [f"{model}:{i}:{len(items)}" for i in items]
+
+    async def __call__(self, i: int) -> str:
+        return await self.run(i)
+
+
+def test_a_batch_holds_the_requests_of_one_model(mode: tuple[str, int]) -> None:
+    handle = serve.run(Batched.bind(), name="batched", route_prefix="/batched")
+
+    async def main() -> list[str]:
+        return await asyncio.gather(*[handle.options(multiplexed_model_id="ab"[i % 2]).remote(i) for i in range(8)])
+
+    replies = [reply.split(":") for reply in asyncio.run(main())]
+    assert [(model, int(i)) for model, i, _ in replies] == [("ab"[i % 2], i) for i in range(8)]
+    assert all(int(size) <= 4 for _, _, size in replies)  # never a batch of both models
+    serve.delete("batched")
+
+
 @serve.deployment(num_replicas=2, max_ongoing_requests=1)
 class Mortal:
     @serve.multiplexed(max_num_models_per_replica=1)
