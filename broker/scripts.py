@@ -23,13 +23,20 @@ def _lua(name: str) -> str:
 class Script:
     """One Lua file; call it on a client, or queue it on a pipeline.
 
-    ``uses`` names Lua files of shared functions (``mux.lua``) put before the script's
-    own text: Redis has no ``require``, and one copy of the routing rules is safer than
-    one per script."""
+    ``uses`` names Lua files of shared functions (``mux.lua``), each put in place of its
+    marker line (``--@mux``) in the script: Redis has no ``require``, and one copy of the
+    routing rules is safer than one per script. Where the marker stands matters, as Lua
+    creates the functions each time it passes there: ``enqueue.lua`` has it in the branch
+    of multiplexed deployments only, so other requests do not pay for them."""
 
     def __init__(self, name: str, *, uses: Sequence[str] = ()) -> None:
         self.name = name
-        self.source = "\n".join([*(_lua(lib) for lib in uses), _lua(name)])
+        self.source = _lua(name)
+        for lib in uses:
+            marker = f"--@{lib}\n"
+            if marker not in self.source:
+                raise ValueError(f"lua/{name}.lua uses {lib}.lua but has no '--@{lib}' line to put it in")
+            self.source = self.source.replace(marker, _lua(lib), 1)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:

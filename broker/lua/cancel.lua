@@ -13,6 +13,7 @@
 -- ARGV[6]  namespace
 -- Returns 1 if the message was removed before any replica took it, 2 if the request
 -- had already completed, 0 if it is running (or taken).
+--@mux
 if mux_unqueue(KEYS[1], KEYS[4], ARGV[6], ARGV[1]) == 1 then
   return 1
 end

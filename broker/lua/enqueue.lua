@@ -14,7 +14,7 @@
 -- ARGV[5..] pairs of keys of each response this call consumes: its "detached" flag and
 --           its result. If the result is not written yet, the flag makes its value go
 --           to the result key only, not back to its caller (see complete.lua).
--- Returns the length of the list it was pushed on, -1 if the deployment is not registered,
+-- Returns the queue length after the push, -1 if the deployment is not registered,
 -- -2 if max_queued requests are already waiting (backpressure; nothing is queued),
 -- -3 if the deployment failed to start (its field state is 'failed'), -4 if the request
 -- was cancelled before it was queued.
@@ -41,7 +41,8 @@ end
 if fields[3] == '1' then
   redis.call('LPUSH', KEYS[3], 1)
 end
-if fields[4] == '1' then
+if fields[4] == '1' then  -- routed by model; then the length of its replica's queue
+--@mux
   return mux_push(KEYS[2], KEYS[5], ARGV[4], ARGV[3], ARGV[1], false)
 end
 return redis.call('LPUSH', KEYS[2], ARGV[1])

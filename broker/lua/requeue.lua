@@ -11,6 +11,7 @@
 -- ARGV[4..] taken messages to put back, oldest first (removed from KEYS[3] first)
 -- Everything put back is routed as a new request without a model would be, but where
 -- replicas take next. Returns how many requests were put back.
+--@mux
 local ns, id = ARGV[1], ARGV[2]
 local again = {}
 for i = 4, #ARGV do
