@@ -20,6 +20,7 @@ from broker import codec, streams
 from broker.keys import Keys
 
 from .exceptions import ServeException, cancelled_error, rebuild_remote_error
+from .multiplex import checked_model_id
 from .runtime import bridge
 from .runtime.caller import DETACHED, CallClient, get_client
 from .runtime.cancellation import children, current_request
@@ -89,7 +90,7 @@ class DeploymentHandle:
         if stream is not None:
             kwargs["_stream"] = bool(stream)
         if multiplexed_model_id is not None:
-            kwargs["_multiplexed_model_id"] = _model_id(multiplexed_model_id)
+            kwargs["_multiplexed_model_id"] = checked_model_id(multiplexed_model_id)
         return _rebuild_handle(kwargs)
 
     def __getattr__(self, name: str) -> DeploymentHandle:
@@ -128,12 +129,6 @@ class DeploymentHandle:
         if current_request.get() is not None:  # cancelled with the request making this call
             children.adopt(response._cancel_call)
         return response
-
-
-def _model_id(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"multiplexed_model_id must be a str, got {type(value).__name__}.")
-    return value
 
 
 def _rebuild_handle(kwargs: dict[str, Any]) -> DeploymentHandle:

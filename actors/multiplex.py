@@ -102,6 +102,13 @@ def get_multiplexed_model_id() -> str:
     return current_model.get()
 
 
+def checked_model_id(value: Any) -> str:
+    """A model id given to ``handle.options(multiplexed_model_id=)``."""
+    if not isinstance(value, str):
+        raise TypeError(f"multiplexed_model_id must be a str (the model's id), got {type(value).__name__}.")
+    return value
+
+
 def model_id_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The model an HTTP request names in its ``serve_multiplexed_model_id`` header
     (any case, hyphens for underscores), or ''."""

@@ -335,3 +335,13 @@ def test_a_batch_holds_requests_for_one_model(holdings: FakeHoldings) -> None:
 
     assert asyncio.run(main()) == [f"{'ab'[i % 2]}:{i}" for i in range(6)]
     assert sorted((m, sorted(items)) for m, items in target.batches) == [("a", [0, 2, 4]), ("b", [1, 3, 5])]
+
+
+def test_a_handle_names_its_model_with_a_string() -> None:
+    from actors.handle import DeploymentHandle
+
+    handle = DeploymentHandle("Models", "app", _redis_url="redis://unused", _namespace="ns", _result_ttl_ms=1000)
+    assert handle.options(multiplexed_model_id="m1").options(method_name="f")._model == "m1"
+    assert handle.options(multiplexed_model_id="m1").options(multiplexed_model_id="")._model == ""
+    with pytest.raises(TypeError, match="multiplexed_model_id must be a str"):
+        handle.options(multiplexed_model_id=1)
