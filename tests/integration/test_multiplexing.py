@@ -115,6 +115,20 @@ def test_requests_for_a_model_go_to_the_replica_holding_it(mode: tuple[str, int]
     serve.delete("affinity")
 
 
+def test_concurrent_first_requests_for_a_model_load_it_once(mode: tuple[str, int]) -> None:
+    handle = serve.run(Models.options(max_ongoing_requests=10).bind(), name="burst", route_prefix="/burst")
+
+    async def burst() -> list[dict[str, Any]]:
+        model = handle.options(multiplexed_model_id="m")
+        return await asyncio.gather(*[model.remote() for _ in range(10)])
+
+    replies = asyncio.run(burst())
+    # Routed to one replica from the first (it holds m from then on), which loaded m once
+    assert len({reply["pid"] for reply in replies}) == 1
+    assert max(len(reply["loads"]) for reply in replies) == 1
+    serve.delete("burst")
+
+
 def test_the_least_recently_used_model_is_unloaded_and_status_follows(mode: tuple[str, int]) -> None:
     handle = serve.run(Models.options(num_replicas=1).bind(), name="lru", route_prefix="/lru")
     for m in ["1", "2", "1", "3"]:  # 3 evicts 2, the least recently used
