@@ -291,6 +291,11 @@ class Registry(ClusterRecords):
             out[dep] = {"queued": depth, "ongoing": ongoing}
         return out
 
+    def leave_routing(self, app: str, dep: str, replica_id: str) -> None:
+        """A replica that never served is gone: forget the models it held (a constructor
+        may load some); see :mod:`broker.mux`."""
+        mux.requeue(self.redis, self.keys, app, dep, replica_id, [], leave=True)
+
     def models_held(self, replica_ids: Iterable[str]) -> dict[str, list[str]]:
         """The models each replica of a multiplexed deployment holds (see :mod:`broker.mux`)."""
         return mux.models_held(self.redis, self.keys, replica_ids)

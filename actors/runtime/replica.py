@@ -206,10 +206,9 @@ class Replica:
             bridge.submit(self.loop_thread.loop, multiplex.report_all()).result(timeout=10)
 
     def _multiplex(self, broker: ServeBroker, concurrency: int) -> None:
-        """Run ``@serve.multiplexed`` loaders here, and if the deployment has one, be routed
-        requests by model (``broker/mux.py``), as many as ``concurrency`` at once."""
+        """If the deployment has a ``@serve.multiplexed`` loader, be routed requests by
+        model (``broker/mux.py``), as many as ``concurrency`` at once."""
         self.broker = broker
-        multiplex.attach(mux.Holdings(self.aio, self.keys, self.replica_id))
         if self.multiplexed:
             broker.route = mux.Membership(self.keys, self.app, self.deployment, self.replica_id, concurrency)
 
@@ -262,6 +261,7 @@ class Replica:
         self.loop_thread = EventLoopThread(logging.getLogger("mqserve.replica.loop"))
         self.loop_thread.start(timeout=10)
         self.aio = connect_async(self.url)  # used on the loop only
+        multiplex.attach(mux.Holdings(self.aio, self.keys, self.replica_id))  # a constructor may load models
         if inspect.isclass(func_or_class):
             if inspect.iscoroutinefunction(func_or_class.__init__):
                 # An async constructor (Ray awaits it): build the object, then await its

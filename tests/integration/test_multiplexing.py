@@ -129,6 +129,20 @@ def test_concurrent_first_requests_for_a_model_load_it_once(mode: tuple[str, int
     serve.delete("burst")
 
 
+@serve.deployment
+class Preloaded(Models.func_or_class):  # type: ignore[name-defined,misc]
+    async def __init__(self) -> None:
+        super().__init__()
+        await self.get_model("warm")  # a constructor may load models, as in Ray
+
+
+def test_a_model_loaded_by_the_constructor_is_held_and_routed_to(mode: tuple[str, int]) -> None:
+    handle = serve.run(Preloaded.bind(), name="preloaded", route_prefix="/preloaded")
+    assert list(_models("preloaded", "Preloaded").values()) == [["warm"]]
+    assert _call(handle, "warm")["loads"] == ["warm"]
+    serve.delete("preloaded")
+
+
 def test_the_least_recently_used_model_is_unloaded_and_status_follows(mode: tuple[str, int]) -> None:
     handle = serve.run(Models.options(num_replicas=1).bind(), name="lru", route_prefix="/lru")
     for m in ["1", "2", "1", "3"]:  # 3 evicts 2, the least recently used
