@@ -48,7 +48,8 @@ class Keys:
         return f"{self.ns}:q:{app}:{dep}"
 
     def processing(self, replica_id: str) -> str:
-        """LIST of the messages a replica has taken and not yet answered."""
+        """LIST of the messages a replica has taken and not yet answered. ``mux.lua`` builds
+        the same name (a replica's load)."""
         return f"{self.ns}:proc:{replica_id}"
 
     # Multiplexing (deployments with a @serve.multiplexed loader; see mux.lua) ------------
