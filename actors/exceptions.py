@@ -35,7 +35,34 @@ RayServeException = ServeException
 
 
 class BackPressureError(ServeException):
-    """The deployment already has ``max_queued_requests`` requests waiting."""
+    """The deployment already has ``max_queued_requests`` requests waiting.
+
+    Built as Ray Serve builds it, and its message starts as Ray's does ("Request dropped
+    due to backpressure"), which is what clients and tests match on. Over HTTP it is
+    answered with ``status_code`` (503, or 429 with the deployment's
+    ``backpressure_config``) and, if ``retry_after_s`` is set, a ``Retry-After`` header.
+    ``detail`` (mqserve's own) says which deployment refused, and what to do.
+    """
+
+    def __init__(self, num_queued_requests: int, max_queued_requests: int, status_code: int = 503,
+                 retry_after_s: float | None = None, detail: str = "") -> None:
+        # Every argument goes to the base class, so that the error survives pickling.
+        super().__init__(num_queued_requests, max_queued_requests, status_code, retry_after_s, detail)
+        self.num_queued_requests = num_queued_requests
+        self.max_queued_requests = max_queued_requests
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        """The message alone (``str()`` of an error from another process adds its traceback)."""
+        text = (f"Request dropped due to backpressure (num_queued_requests={self.num_queued_requests}, "
+                f"max_queued_requests={self.max_queued_requests}).")
+        return f"{text} {self.detail}" if self.detail else text
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class DeploymentUnavailableError(ServeException):
@@ -55,12 +82,15 @@ def cancelled_error(req_id: str) -> RequestCancelledError:
     return RequestCancelledError(f"Request {req_id} was cancelled.")
 
 
-def refused_error(code: int, app: str, dep: str, req_id: str) -> ServeException:
-    """What a request ``enqueue.lua`` refused with ``code`` (negative) raises."""
+def refused_error(code: int, app: str, dep: str, req_id: str, *, queued: int = 0, max_queued: int = 0,
+                  status_code: int = 503, retry_after_s: float | None = None) -> ServeException:
+    """What a request ``enqueue.lua`` refused with ``code`` (negative) raises; the
+    keywords describe a refusal for backpressure (-2)."""
     if code == -2:
         return BackPressureError(
-            f"Request dropped: deployment '{dep}' of application '{app}' already has "
-            "max_queued_requests requests waiting. Retry later or raise max_queued_requests.")
+            queued, max_queued, status_code, retry_after_s,
+            f"Deployment '{dep}' of application '{app}' already has max_queued_requests requests "
+            "waiting; retry later, or raise max_queued_requests.")
     if code == -3:
         return DeploymentUnavailableError(
             f"Deployment '{dep}' of application '{app}' failed to start, so it cannot take "

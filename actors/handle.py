@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker import codec, streams
+from broker import codec
 from broker.keys import Keys
 
+from .context import _serve_request_context
 from .exceptions import ServeException, cancelled_error, rebuild_remote_error
+from .generator import DeploymentResponseGenerator
 from .multiplex import checked_model_id
 from .runtime import bridge
 from .runtime.caller import DETACHED, CallClient, get_client
@@ -111,9 +113,12 @@ class DeploymentHandle:
             payload = codec.encode_args(args, kwargs)
         finally:
             _collecting.reset(token)
+        parent = _serve_request_context.get()  # a call made while serving a request carries its id
+        request_id = None if parent is None else parent.request_id
         if self._stream:
             message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
-                                           refs=tuple(refs), stream=True, model=self._model)
+                                           refs=tuple(refs), stream=True, model=self._model,
+                                           request_id=request_id)
             future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
                                    expect_reply=False, model=self._model)
             generator = DeploymentResponseGenerator(client, self._deployment_name, req_id, future)
@@ -121,7 +126,8 @@ class DeploymentHandle:
                 children.adopt(generator._state.cancel)
             return generator  # type: ignore[return-value]  # stream=True; remote() is typed for the common case
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
-                                       refs=tuple(refs), reply_to=client.reply_inbox(), model=self._model)
+                                       refs=tuple(refs), reply_to=client.reply_inbox(), model=self._model,
+                                       request_id=request_id)
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
                                model=self._model)
         response = DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future,
@@ -267,132 +273,6 @@ class DeploymentResponse:
 
     def __repr__(self) -> str:
         return f"DeploymentResponse(deployment='{self._dep}', request_id='{self._req_id}')"
-
-
-class _StreamState:
-    """What a response generator and its reading loop share. Kept apart from the
-    generator object so that the reading loop does not reference it: dropping the
-    generator (``break`` out of ``for``) then frees it at once, which stops the stream."""
-
-    def __init__(self, client: CallClient, req_id: str) -> None:
-        self.client = client
-        self.req_id = req_id
-        self.stopped = False
-        self.ended = False
-        self.cancelled = False
-
-    def is_stopped(self) -> bool:
-        return self.stopped
-
-    def close(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self.client.end_stream(self.req_id, cancel=not self.ended)
-
-    def cancel(self) -> None:
-        """Stop the stream; reading on raises ``RequestCancelledError``."""
-        if not self.ended:
-            self.cancelled = True
-        self.close()
-
-    def decode(self, fields: dict[bytes, bytes]) -> list[Any]:
-        if streams.ITEMS in fields:
-            return streams.decode_items(fields[streams.ITEMS])
-        self.ended = True
-        if streams.ERROR in fields:
-            _embedded_outcome(fields[streams.ERROR])
-        return []
-
-
-def _read_items(state: _StreamState) -> Any:
-    try:
-        for fields in state.client.stream_entries(state.req_id, state.is_stopped):
-            yield from state.decode(fields)
-            if state.ended:
-                return
-    finally:
-        state.close()
-
-
-async def _aread_items(state: _StreamState) -> Any:
-    try:
-        async for fields in state.client.stream_entries_async(state.req_id, state.is_stopped):
-            for item in state.decode(fields):
-                yield item
-            if state.ended:
-                return
-    finally:
-        state.close()
-
-
-class DeploymentResponseGenerator:
-    """The streamed result of ``handle.options(stream=True).remote()``: iterate it with
-    ``for`` in sync code or ``async for`` in async code. Items arrive as the replica's
-    generator yields them. Stopping early (``break``, ``close()``, ``cancel()``, or
-    dropping it) stops the generator on the replica.
-    """
-
-    def __init__(self, client: CallClient, dep: str, req_id: str,
-                 queued: concurrent.futures.Future[bytes]) -> None:
-        self._state = _StreamState(client, req_id)
-        self._dep = dep
-        self._queued = queued
-        self._sync: Any | None = None
-        self._async: Any | None = None
-
-    @property
-    def request_id(self) -> str:
-        return self._state.req_id
-
-    def __iter__(self) -> DeploymentResponseGenerator:
-        return self
-
-    def __next__(self) -> Any:
-        if bridge.running_loop() is not None:
-            raise RuntimeError("Sync methods should not be called from within an `asyncio` event loop. "
-                               "Use `async for` or `await gen.__anext__()` instead of `for` or `next()`.")
-        self._raise_if_cancelled()
-        if self._sync is None:
-            self._queued.result()  # raises if the call could not be queued
-            self._sync = _read_items(self._state)
-        return next(self._sync)
-
-    def __aiter__(self) -> DeploymentResponseGenerator:
-        return self
-
-    async def __anext__(self) -> Any:
-        self._raise_if_cancelled()
-        if self._async is None:
-            await bridge.wait(self._queued)
-            self._async = _aread_items(self._state)
-        return await self._async.__anext__()
-
-    def cancel(self) -> None:
-        """Stop reading and stop the generator on the replica; reading on raises
-        ``RequestCancelledError``, as in Ray."""
-        self._state.cancel()
-
-    def _raise_if_cancelled(self) -> None:
-        if self._state.cancelled:
-            raise cancelled_error(self._state.req_id)
-
-    def close(self) -> None:
-        """As for a generator: stop early (the replica's generator stops too)."""
-        self._state.close()
-
-    async def aclose(self) -> None:
-        self._state.close()
-
-    def __del__(self) -> None:
-        try:
-            if self._queued.done():
-                self._state.close()
-        except Exception:
-            pass
-
-    def __reduce__(self) -> Any:
-        raise ServeException("A DeploymentResponseGenerator cannot be passed to another call; "
-                             "iterate it and pass the items.")
 
 
 def _embedded_outcome(outcome: bytes) -> Any:

@@ -21,8 +21,18 @@ from typing import Any
 
 from broker.connection import redact
 
+from . import context
+from . import ingress as _ingress
 from .batching import batch
-from .config import ConfigError, DeploymentConfig
+from .config import (
+    BackpressureConfig,
+    ConfigError,
+    DeploymentConfig,
+    LoggingConfig,
+    check_http_options,
+    check_route_prefix,
+)
+from .context import get_replica_context
 from .deployment import Application, Deployment
 from .exceptions import DeploymentUnavailableError
 from .handle import DeploymentHandle
@@ -32,8 +42,8 @@ from .status import ServeStatus
 
 __all__ = [
     "deployment", "run", "start", "status", "delete", "shutdown", "ingress", "batch",
-    "get_app_handle", "get_deployment_handle", "Application", "Deployment",
-    "multiplexed", "get_multiplexed_model_id",
+    "get_app_handle", "get_deployment_handle", "get_replica_context", "Application", "Deployment",
+    "context", "multiplexed", "get_multiplexed_model_id",
 ]
 
 _UNSET: Any = object()
@@ -54,6 +64,8 @@ def deployment(
     graceful_shutdown_wait_loop_s: float = _UNSET,
     ray_actor_options: dict[str, Any] | None = _UNSET,
     max_request_retries: int = _UNSET,
+    logging_config: LoggingConfig | dict[str, Any] | None = _UNSET,
+    backpressure_config: dict[str, Any] | BackpressureConfig | None = _UNSET,
     **unsupported: Any,
 ) -> Any:
     """Make a class or function a deployment; works bare (``@serve.deployment``) or with options.
@@ -62,7 +74,10 @@ def deployment(
     ``max_queued_requests=-1`` (unlimited). ``ray_actor_options`` is accepted and advisory.
     ``max_request_retries`` (mqserve's own, default 0) is how many times a request is run
     again on another replica when the replica running it dies; with 0 its caller gets
-    ``ReplicaDiedError``, as in Ray Serve.
+    ``ReplicaDiedError``, as in Ray Serve. ``logging_config`` (a dict or a
+    :class:`~actors.config.LoggingConfig`) says how its replicas log. ``backpressure_config``
+    (Ray's, e.g. ``{"status_code": 429, "retry_after_s": 7}``) is how HTTP answers a request
+    refused by ``max_queued_requests``: 503 without ``Retry-After`` unless it says otherwise.
     """
     given = {k: v for k, v in {
         "num_replicas": num_replicas, "max_ongoing_requests": max_ongoing_requests,
@@ -72,14 +87,9 @@ def deployment(
         "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s,
         "graceful_shutdown_wait_loop_s": graceful_shutdown_wait_loop_s,
         "ray_actor_options": ray_actor_options, "max_request_retries": max_request_retries,
+        "logging_config": logging_config, "backpressure_config": backpressure_config,
     }.items() if v is not _UNSET}
-    unsupported.pop("version", None)
-    unsupported.pop("route_prefix", None)
-    if unsupported:
-        raise ConfigError(f"@serve.deployment got unknown option(s): {', '.join(sorted(unsupported))}")
-    if given.get("ray_actor_options") is None:
-        given.pop("ray_actor_options", None)
-    config = DeploymentConfig(**given, max_ongoing_requests_set="max_ongoing_requests" in given)
+    config = _deployment_config(given, unsupported)
 
     def decorate(func_or_class: Callable[..., Any]) -> Deployment:
         return Deployment(func_or_class, name or func_or_class.__name__, config)
@@ -91,6 +101,18 @@ def deployment(
     return decorate(_func_or_class) if _func_or_class is not None else decorate
 
 
+def _deployment_config(given: dict[str, Any], unsupported: dict[str, Any]) -> DeploymentConfig:
+    """The options given to ``@serve.deployment``, checked; Ray's deprecated ``version``
+    and ``route_prefix`` are accepted and ignored."""
+    unsupported.pop("version", None)
+    unsupported.pop("route_prefix", None)
+    if unsupported:
+        raise ConfigError(f"@serve.deployment got unknown option(s): {', '.join(sorted(unsupported))}")
+    if given.get("ray_actor_options") is None:
+        given.pop("ray_actor_options", None)
+    return DeploymentConfig(**given, max_ongoing_requests_set="max_ongoing_requests" in given)
+
+
 def start(redis_url: str | None = None, http_options: dict[str, Any] | None = None,
           **_ignored: Any) -> None:
     """Connect this process to mqserve; with no Redis configured, start a private one.
@@ -99,8 +121,11 @@ def start(redis_url: str | None = None, http_options: dict[str, Any] | None = No
     run on its ``mqserve worker`` processes and HTTP goes through its ``mqserve gateway``
     processes; nothing starts here. Otherwise (local mode) a private ``redis-server``, a
     node and a gateway start here and stop at ``shutdown()`` or exit. Called implicitly
-    by ``run()``.
+    by ``run()``. ``http_options`` configures that gateway: ``host``, ``port`` and
+    ``request_timeout_s`` (408 and a cancelled request past it; ``MQSERVE_HTTP_TIMEOUT_S``
+    otherwise); a cluster's gateways take theirs from their own settings.
     """
+    http_options = check_http_options(http_options)
     ctx = _ctx.current_context()
     if ctx is not None:
         if redis_url is not None and redis_url != ctx.url:
@@ -110,19 +135,20 @@ def start(redis_url: str | None = None, http_options: dict[str, Any] | None = No
 
 
 def run(target: Application, *, name: str = "default", route_prefix: str | None = "/",
-        blocking: bool = False, _local_testing_mode: bool = False, **_ignored: Any) -> DeploymentHandle:
+        blocking: bool = False, logging_config: LoggingConfig | dict[str, Any] | None = None,
+        _local_testing_mode: bool = False, **_ignored: Any) -> DeploymentHandle:
     """Deploy (or upgrade, if ``name`` exists) an application; returns a handle to its ingress.
 
     Returns once every deployment has its replicas running. Raises the constructor's own
-    exception if a deployment fails to start.
+    exception if a deployment fails to start, and ``ValueError`` for a ``route_prefix``
+    Ray Serve refuses (see ``check_route_prefix``). ``logging_config`` applies to the
+    deployments that set none of their own, as in Ray.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError("the application name must be a non-empty string")
-    if route_prefix is not None and (not isinstance(route_prefix, str) or not route_prefix.startswith("/")):
-        raise ConfigError(f"route_prefix must start with '/', got {route_prefix!r}")
-    if route_prefix is not None and len(route_prefix) > 1:
-        route_prefix = route_prefix.rstrip("/")
-    handle = _ctx.get_context().deploy(target, name, route_prefix)
+    check_route_prefix(route_prefix)
+    handle = _ctx.get_context().deploy(target, name, route_prefix,
+                                       logging_config=LoggingConfig.parse(logging_config))
     if blocking:
         try:
             threading.Event().wait()
@@ -179,7 +205,11 @@ def get_deployment_handle(deployment_name: str, app_name: str = "default") -> De
 def ingress(app: Any) -> Callable[[type], type]:
     """Serve HTTP requests to the application through ``app`` (Starlette or FastAPI).
 
-    Put it under ``@serve.deployment``; FastAPI routes may be methods of the class::
+    Put it under ``@serve.deployment``; FastAPI routes may be methods of the class. As
+    in Ray Serve, the deployment serves the app as it is when the class is decorated
+    (method routes of other classes decorated with the same app are theirs), its
+    lifespan starts after the constructor on each replica (a failing startup fails the
+    deploy with ``RuntimeError``) and shuts down when the replica stops::
 
         fastapi_app = FastAPI()
 
@@ -193,23 +223,10 @@ def ingress(app: Any) -> Callable[[type], type]:
     if not callable(app):
         raise TypeError(f"@serve.ingress takes an ASGI app (Starlette or FastAPI), got {type(app).__name__}")
 
-    _picklable_app_state()
-
     def decorate(cls: type) -> type:
         if not isinstance(cls, type):
             raise TypeError("@serve.ingress decorates a class; put it under @serve.deployment")
-        cls._mq_ingress_app = app  # type: ignore[attr-defined]  # a class takes attributes; read back with getattr
+        cls._mq_ingress_app = _ingress.prepare(app, cls)  # type: ignore[attr-defined]  # a class takes attributes; read back with getattr
         return cls
 
     return decorate
-
-
-def _picklable_app_state() -> None:
-    """Starlette's ``app.state`` recurses forever when unpickled (its ``__getattr__``
-    reads ``_state`` before it exists); pickle it as its dict, so the ingress app can
-    travel to the replicas."""
-    import copyreg
-
-    from starlette.datastructures import State
-
-    copyreg.pickle(State, lambda state: (State, (dict(state._state),)))

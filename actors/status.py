@@ -14,11 +14,14 @@ from typing import Any
 
 from broker.registry import Registry
 
-from .config import DeploymentConfig, user_config_tag
+from .config import DeploymentConfig, EncodingType, LoggingConfig, user_config_tag
+from .context import ReplicaRank
 
+# ``ray.serve.schema`` also holds the logging config and replica ranks: the same names here.
 __all__ = [
     "ApplicationStatus", "ApplicationStatusOverview", "DeploymentStatus", "DeploymentStatusOverview",
-    "DeploymentStatusTrigger", "ProxyStatus", "ReplicaState", "ServeStatus", "collect_status",
+    "DeploymentStatusTrigger", "EncodingType", "LoggingConfig", "ProxyStatus", "ReplicaRank", "ReplicaState",
+    "ServeStatus", "collect_status",
 ]
 
 #: States of replica records whose process ended (or is ending) without serving again:

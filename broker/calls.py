@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ import redis
 from . import liveness, scripts
 from .connection import connect, connect_async
 from .keys import Keys
+from .sendline import Line, SendLine
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -37,29 +38,43 @@ ALIVE_TTL_MS = 10_000
 
 @dataclass(frozen=True)
 class Transport:
-    """A caller's connections: ``redis``, on which its threads send and read their inbox,
-    and ``connect_async``, which opens the connection of each event loop that calls.
-    Tests pass an in-memory one, so that a caller's bookkeeping runs without Redis."""
+    """A caller's connections: ``redis``, on which its threads send and read their inbox;
+    ``connect_async``, which opens the client of each event loop that calls; and
+    ``open_line``, which opens that loop's line for sending at once (a
+    :class:`~broker.sendline.SendLine` of the loop's client). Tests pass an in-memory
+    one, so that a caller's bookkeeping runs without Redis."""
 
     redis: redis.Redis
     connect_async: Callable[[], aioredis.Redis]
+    open_line: Callable[[aioredis.Redis], Awaitable[Line]]
 
     @classmethod
     def for_url(cls, url: str, *, client_name: str) -> Transport:
         """Connections to the Redis at ``url``, named ``client_name`` in ``CLIENT LIST``."""
         return cls(connect(url, client_name=client_name),
-                   functools.partial(connect_async, url, client_name=client_name))
+                   functools.partial(connect_async, url, client_name=client_name), SendLine.open)
 
 
 def enqueue(batch: scripts.Batch, keys: Keys, app: str, dep: str, req_id: str, message: bytes,
             consumes: Sequence[str], ttl_ms: int, model: str = "") -> None:
-    """Queue a request (``enqueue.lua``: its reply is the queue length or a refusal code).
-    ``model``: its multiplexed model id, which routes it if the deployment multiplexes."""
+    """Queue a request (``enqueue.lua``: its reply is the queue length or a refusal, read
+    by :func:`refusal`). ``model``: its multiplexed model id, which routes it if the
+    deployment multiplexes."""
     args: list[Any] = [message, ttl_ms, model, keys.ns]
     for ref in consumes:
         args += (keys.detached(ref), keys.result(ref))
     batch.script(scripts.ENQUEUE, (keys.deployment(app, dep), keys.queue(app, dep), keys.controller_wake,
                                    keys.cancelled(req_id), keys.mux_members(app, dep)), args)
+
+
+def refusal(reply: Any) -> tuple[int, list[Any]] | None:
+    """``enqueue.lua``'s refusal code and details (see the script), or None if it queued
+    the request."""
+    if isinstance(reply, list):
+        return int(reply[0]), reply[1:]
+    if isinstance(reply, int) and reply < 0:
+        return reply, []
+    return None
 
 
 def watch(batch: scripts.Batch, keys: Keys, req_id: str, inbox: str, ttl_ms: int) -> None:

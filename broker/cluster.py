@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import redis
 
-from . import liveness
+from . import liveness, scripts
 from .keys import Keys
 
 
@@ -72,6 +72,23 @@ class ClusterRecords:
         pipe.hset(self.keys.node_assignments(node_id), replica_id, json.dumps(record))
         pipe.lpush(self.keys.node_wake(node_id), 1)
         pipe.execute()
+
+    def assignment(self, node_id: str, replica_id: str) -> dict[str, Any] | None:
+        """One replica's assignment record (None once it is unassigned)."""
+        raw = cast("bytes | None", self.redis.hget(self.keys.node_assignments(node_id), replica_id))
+        return None if raw is None else cast("dict[str, Any]", json.loads(raw))
+
+    def rerank(self, app: str, dep: str, records: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Rewrite the assignment records (node, replica id, record) of running replicas
+        whose rank or world size changed, and tell them: they re-read their record on an
+        event of their application."""
+        if not records:
+            return
+        event = json.dumps({"app": app, "deployment": dep, "state": "RANKS"})
+        args: list[str] = [self.keys.events, event]
+        for _, replica_id, record in records:
+            args += [replica_id, json.dumps(record)]
+        scripts.RERANK(self.redis, [self.keys.node_assignments(node) for node, _, _ in records], args)
 
     def unassign(self, node_id: str, replica_id: str) -> None:
         pipe = self.redis.pipeline(transaction=False)

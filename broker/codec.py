@@ -36,6 +36,8 @@ REQUEST_ACTOR = "mqserve_request"
 REQUEST_QUEUE = "serve"
 #: Length of a request id: a UUID4 in hex.
 REQUEST_ID_LEN = 32
+#: The message option holding the user-visible request id (when it is not the message id).
+REQUEST_ID_OPTION = "request_id"
 
 logger = logging.getLogger("mqserve.codec")
 
@@ -105,12 +107,17 @@ def encode_request(
     stream: bool = False,
     http: bool = False,
     model: str = "",
+    request_id: str | None = None,
 ) -> bytes:
     """The queued form of one call; ``reply_to`` is the caller's inbox key.
 
     ``stream``: the outcome goes to the request's stream (a generator call).
     ``http``: the payload is an HTTP request snapshot for the ingress (see gateway).
     ``model``: the multiplexed model id (``options["multiplexed_model_id"]``, only if set).
+    ``request_id``: the user-visible request id (``X-Request-Id``), shared by every call
+    made while serving one request; only written when given, as a call that starts a
+    request (from a driver, or the gateway without the header) uses its own id
+    ``req_id`` (see :func:`request_id_of`), so it costs nothing there.
     ``message_timestamp`` is Redis's time in ms (see :mod:`broker.clock`), as the
     replica that judges the request's age may run on a machine whose clock differs;
     0 if this process has not read Redis's clock yet (age unknown).
@@ -119,6 +126,8 @@ def encode_request(
     options: dict[str, Any] = {"reply_to": reply_to, "stream": stream, "http": http}
     if model:
         options["multiplexed_model_id"] = model
+    if request_id is not None and request_id != req_id:
+        options[REQUEST_ID_OPTION] = request_id
     return seal(pickle.dumps(
         {
             "queue_name": REQUEST_QUEUE,
@@ -131,6 +140,11 @@ def encode_request(
         },
         protocol=pickle.HIGHEST_PROTOCOL,
     ))
+
+
+def request_id_of(message_id: str, options: dict[str, Any]) -> str:
+    """The user-visible request id of a decoded message (see :func:`encode_request`)."""
+    return options.get(REQUEST_ID_OPTION) or message_id
 
 
 def retried_request(fields: dict[str, Any]) -> bytes:
@@ -238,6 +252,13 @@ def decode_outcome(data: bytes) -> tuple[bool, Any]:
         exc_blob, type_blob, type_name, message, tb = pickle.loads(body)
         return False, RemoteFailure(_try_loads(exc_blob), _try_loads(type_blob), type_name, message, tb)
     raise ValueError(f"unknown outcome tag {tag!r}")
+
+
+def is_error(outcome: bytes) -> bool:
+    """Whether an outcome holds an exception, from its tag alone (for access logs: no
+    seal check, nothing unpickled)."""
+    start = len(_SEAL) + _MAC_LEN if outcome.startswith(_SEAL) else 0
+    return outcome[start:start + 1] == _ERR
 
 
 def _try_dumps(obj: Any) -> bytes | None:

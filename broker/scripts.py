@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.commands.core import CoreCommands
 from redis.exceptions import NoScriptError
 
 
@@ -61,7 +62,8 @@ SETTLE = Script("settle")
 LEAD = Script("lead")
 RESIGN = Script("resign")
 TAKE = Script("take")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, WITHDRAW, REQUEUE, SETTLE, LEAD, RESIGN, TAKE)
+RERANK = Script("rerank")
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, WITHDRAW, REQUEUE, SETTLE, LEAD, RESIGN, TAKE, RERANK)
 
 
 def complete(batch: Batch, keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,
@@ -101,6 +103,10 @@ class Batch:
     def command(self, name: str, *args: Any, **options: Any) -> None:
         self._calls.append((None, name, (args, options)))
 
+    def extend(self, other: Batch) -> None:
+        """Add ``other``'s calls after these (their results follow these results)."""
+        self._calls.extend(other._calls)
+
     def execute(self, client: redis.Redis) -> list[Any]:
         results: list[Any] = self._fill(client.pipeline(transaction=False)).execute(raise_on_error=False)
         for i, script, args in self._noscript(results):
@@ -113,6 +119,11 @@ class Batch:
     async def execute_async(self, client: Any) -> list[Any]:
         """The same on a ``redis.asyncio`` client."""
         results: list[Any] = await self._fill(client.pipeline(transaction=False)).execute(raise_on_error=False)
+        return await self.retry_async(client, results)
+
+    async def retry_async(self, client: Any, results: list[Any]) -> list[Any]:
+        """Run again, on a ``redis.asyncio`` client, the calls whose result in ``results``
+        (this batch's, however it was sent) is NOSCRIPT, loading their scripts first."""
         for i, script, (keys, args) in self._noscript(results):
             try:
                 await client.script_load(script.source)
@@ -120,6 +131,19 @@ class Batch:
             except redis.RedisError as e:
                 results[i] = e
         return results
+
+    def commands(self) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        """Each call as redis-py would send it: the command's arguments, and the options
+        its reply is parsed with. For a connection that writes them by hand."""
+        out: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        for script, name, call in self._calls:
+            if script is None:
+                args, options = call
+                out.append(getattr(_ARGS, name)(*args, **options))
+            else:
+                keys, args = call
+                out.append((("EVALSHA", script.sha, len(keys), *keys, *args), {}))
+        return out
 
     def _fill(self, pipe: Any) -> Any:
         for script, name, call in self._calls:
@@ -133,3 +157,20 @@ class Batch:
     def _noscript(self, results: list[Any]) -> list[tuple[int, Script, Any]]:
         return [(i, script, args) for i, (script, _, args) in enumerate(self._calls)
                 if script is not None and isinstance(results[i], NoScriptError)]
+
+
+def unloaded(results: list[Any]) -> bool:
+    """Whether a script call among ``results`` found its script not loaded (NOSCRIPT)."""
+    return any(isinstance(res, NoScriptError) for res in results)
+
+
+class _Arguments(CoreCommands):
+    """redis-py's command methods, returning the arguments and options they would send."""
+
+    _event_dispatcher: Any = None  # declared by redis-py's command protocol; unused here
+
+    def execute_command(self, *args: Any, **options: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return args, options
+
+
+_ARGS = _Arguments()

@@ -37,16 +37,21 @@ from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry
 
+from . import failures
+from .failures import CLIENT_CLOSED_REQUEST, Answer, ResponseAborted
 from .metrics import Metrics
 from .routing import Route, RouteTable
+from .watch import DONE, LEFT, TIMED_OUT, ClientWatch
 
 logger = logging.getLogger("mqserve.gateway")
 
-#: Largest request body accepted unless ``MQSERVE_MAX_BODY_BYTES`` says otherwise (100 MiB).
 #: Seconds between route reloads when no change event arrives.
 ROUTE_RELOAD_S = 5.0
-#: The status counted (as nginx does) for a request whose client left before its body was in.
-CLIENT_CLOSED_REQUEST = 499
+#: The header carrying a request's user-visible id, in and out (Ray's ``x-request-id``).
+REQUEST_ID_HEADER = b"x-request-id"
+#: What ``/-/healthz`` and ``/-/routes`` answer (503) until an application has a route
+#: (Ray Serve's words, which health checks of ported deployments may match).
+NOT_READY = "Route table is not populated yet."
 #: What :meth:`Gateway._body` returns when the client disconnects before the body's end.
 _DISCONNECTED = b"<disconnected>"
 Scope = dict[str, Any]
@@ -68,6 +73,7 @@ class Gateway:
         self.timeout_s = timeout_s
         self.registry = Registry(connect(url), self.keys)
         self.routes = RouteTable()
+        self.ready = False
         self.metrics = Metrics()
         self.client: CallClient | None = None
         self.stopped = threading.Event()
@@ -75,6 +81,9 @@ class Gateway:
     # Routes ----------------------------------------------------------------------------
     async def reload(self) -> None:
         self.routes = RouteTable(await bridge.run_sync(self.registry.apps))
+        # Ready once the table had a route, and from then on, as Ray's proxy: a gateway
+        # behind a load balancer takes traffic only when it can route some.
+        self.ready = self.ready or bool(self.routes.routes)
 
     def _watch_events(self, loop: asyncio.AbstractEventLoop) -> None:
         """Reload the routes whenever an app changes, and every :data:`ROUTE_RELOAD_S`
@@ -104,9 +113,13 @@ class Gateway:
 
     # Endpoints ----------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
+        if not self.ready:
+            return PlainTextResponse(NOT_READY, status_code=503)
         return PlainTextResponse("success")
 
     async def list_routes(self, request: Request) -> Response:
+        if not self.ready:
+            return PlainTextResponse(NOT_READY, status_code=503)
         return JSONResponse(self.routes.as_dict())
 
     async def metrics_text(self, request: Request) -> Response:
@@ -124,51 +137,69 @@ class Gateway:
             await self.reload()  # an app may have just been deployed
             route = self.routes.match(path)
         if route is None:
-            await _send_text(send, 404, f"Path '{path}' not found. Routes: {self.routes.as_dict()}")
+            await _send(send, Answer(404, f"Path '{path}' not found. Ping http://.../-/routes for available routes."))
             return
-        status = await self._forward(scope, receive, send, route)
-        self.metrics.observe(route.app, route.ingress, status, time.monotonic() - start)
+        status = 500
+        try:
+            status = await self._forward(scope, receive, send, route)
+        except ResponseAborted as e:
+            status = e.status
+            raise
+        finally:
+            self.metrics.observe(route.app, route.ingress, status, time.monotonic() - start)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: Route) -> int:
         assert self.client is not None
+        req_id = codec.new_request_id()
+        headers, request_id = _with_request_id(scope, req_id)
+        send = _answering_with(send, request_id)
         body = await self._body(scope, receive)
         if body is _DISCONNECTED:  # the client left mid-body: never run a truncated request
             return CLIENT_CLOSED_REQUEST
         if body is None:
-            return await _send_text(send, 413, f"Request body larger than {self.max_body_bytes} bytes "
-                                               "(MQSERVE_MAX_BODY_BYTES).")
+            return await _send(send, Answer(413, f"Request body larger than {self.max_body_bytes} bytes "
+                                                 "(MQSERVE_MAX_BODY_BYTES)."))
         snapshot = {
             "method": scope["method"], "path": scope["path"], "root_path": route.root_path,
-            "query_string": scope.get("query_string", b""), "headers": list(scope.get("headers", [])),
+            "query_string": scope.get("query_string", b""), "headers": headers,
             "http_version": scope.get("http_version", "1.1"), "scheme": scope.get("scheme", "http"),
             "server": scope.get("server"), "client": scope.get("client"), "body": body,
         }
-        req_id = codec.new_request_id()
         # Only plain values: the replica unpickles this, the gateway never unpickles client data.
         payload = pickle.dumps(((snapshot,), {}), protocol=pickle.HIGHEST_PROTOCOL)
         model = model_id_from_headers(snapshot["headers"])  # routes it, as a handle's multiplexed_model_id
         message = codec.encode_request(req_id=req_id, method="__call__", payload=payload,
-                                       reply_to=self.client.reply_inbox(), http=True, model=model)
+                                       reply_to=self.client.reply_inbox(), http=True, model=model,
+                                       request_id=request_id)
         future = self.client.submit(route.app, route.ingress, req_id, message, model=model)
+        client = ClientWatch(receive, self.timeout_s)
         try:
-            outcome = await asyncio.wait_for(bridge.wait(future), self.timeout_s)
-        except asyncio.TimeoutError:
-            self.client.cancel(route.app, route.ingress, req_id, message)
-            return await _send_text(send, 408, f"Request timed out after {self.timeout_s} s.")
-        except (BackPressureError, DeploymentUnavailableError, ConnectionError) as e:
-            return await _send_text(send, 503, str(e))
-        ok, value = codec.decode_outcome(outcome)
-        if not ok:
-            logger.error("request %s to application '%s' failed:\n%s", req_id, route.app, value.traceback)
-            return await _send_text(send, 500, "Internal Server Error")
-        if value[0] == "http":
-            _, status, headers, content = value
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": content})
+            reply = bridge.follow(future)
+            end = await client.wait(reply)
+            if end is not DONE:
+                # Withdrawn if still queued (it never runs), else cancelled on its replica.
+                self.client.cancel(route.app, route.ingress, req_id, message)
+                if end is LEFT:
+                    return CLIENT_CLOSED_REQUEST
+                assert self.timeout_s is not None
+                return await _send(send, failures.timed_out(request_id, self.timeout_s))
+            try:
+                outcome = reply.result()
+            except (BackPressureError, DeploymentUnavailableError, ConnectionError) as e:
+                return await _send(send, failures.refused(e))
+            ok, value = codec.decode_outcome(outcome)
+            if not ok:
+                return await _send(send, failures.failed(request_id, route.app, value))
+            if value[0] == "http":
+                _, status, headers, content = value
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": content})
+                return int(status)
+            _, status, headers = value
+            await self._relay_stream(req_id, int(status), headers, send, client)
             return int(status)
-        _, status, headers = value
-        await self._relay_stream(req_id, status, headers, receive, send)
-        return int(status)
+        finally:
+            client.close()
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
         for name, value in scope.get("headers", ()):
@@ -188,18 +219,22 @@ class Gateway:
         return b"".join(chunks)
 
     async def _relay_stream(self, req_id: str, status: int, headers: list[tuple[bytes, bytes]],
-                            receive: Receive, send: Send) -> None:
-        """Send a streamed response as it comes; a client that leaves cancels the generator."""
-        assert self.client is not None
+                            send: Send, client: ClientWatch) -> None:
+        """Send a streamed response as it comes. A client that leaves, or the request
+        timeout, cancels the generator; the timeout, like an error the generator raised,
+        then cuts the connection (the head went out: no other status can be sent)."""
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        relay = asyncio.ensure_future(self._relay_body(req_id, send))
-        left = asyncio.ensure_future(_disconnected(receive))
-        await asyncio.wait({relay, left}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (relay, left):
-            task.cancel()
-        await asyncio.gather(relay, left, return_exceptions=True)
+        relay = asyncio.ensure_future(self._relay_body(req_id, status, send))
+        end = await client.wait(relay)
+        if end is DONE:
+            relay.result()  # raises ResponseAborted if the generator failed
+            return
+        await asyncio.gather(relay, return_exceptions=True)  # its end_stream cancels the generator
+        if end is TIMED_OUT:
+            logger.warning("streamed response %s timed out after %s s; cutting it", req_id, self.timeout_s)
+            raise ResponseAborted(status, f"streamed response {req_id} timed out")
 
-    async def _relay_body(self, req_id: str, send: Send) -> None:
+    async def _relay_body(self, req_id: str, status: int, send: Send) -> None:
         assert self.client is not None
         ended = False
         try:
@@ -211,24 +246,44 @@ class Gateway:
                 ended = True
                 if streams.ERROR in fields:
                     ok, failure = codec.decode_outcome(fields[streams.ERROR])
-                    logger.error("streamed response %s failed:\n%s", req_id, failure.traceback)
+                    logger.error("streamed response %s failed midway; cutting it:\n%s", req_id, failure.traceback)
+                    raise ResponseAborted(status, f"streamed response {req_id} failed")
             await send({"type": "http.response.body", "body": b""})
         finally:
             self.client.end_stream(req_id, cancel=not ended)
 
 
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+def _with_request_id(scope: Scope, req_id: str) -> tuple[list[tuple[bytes, bytes]], str]:
+    """The request's headers and its user-visible id, as Ray's proxy decides it: the
+    client's ``X-Request-Id``, else a new one (the call's own id, which travels free),
+    added to the headers the ingress sees."""
+    headers = list(scope.get("headers", ()))
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            return headers, value.decode("latin-1")
+    headers.append((REQUEST_ID_HEADER, req_id.encode()))
+    return headers, req_id
 
 
-async def _send_text(send: Send, status: int, text: str) -> int:
-    body = text.encode()
-    await send({"type": "http.response.start", "status": status,
+def _answering_with(send: Send, request_id: str) -> Send:
+    """``send``, adding the ``X-Request-Id`` header to the response, as Ray's proxy does."""
+    header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+
+    async def tagged(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return tagged
+
+
+async def _send(send: Send, answer: Answer) -> int:
+    body = answer.text.encode()
+    await send({"type": "http.response.start", "status": answer.status,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *answer.headers]})
     await send({"type": "http.response.body", "body": body})
-    return status
+    return answer.status
 
 
 class _GatewayApp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any
@@ -14,6 +15,7 @@ from actors.runtime.procs import setup_logging
 from broker import codec
 
 from .app import create_app
+from .failures import ResponseAborted
 
 #: Largest request head (request line and headers) a client may send: uvicorn's httptools
 #: protocol has no limit of its own, and one endless header would grow the gateway's
@@ -71,6 +73,19 @@ class _Server(uvicorn.Server):
             self.ready_fd = None
 
 
+def _not_aborted(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's "Exception in ASGI application" for :class:`ResponseAborted`: the
+    gateway raises it to cut a response that cannot be completed, and logged why."""
+    return not (record.exc_info and isinstance(record.exc_info[1], ResponseAborted))
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     codec.use_secret(settings.secret)
@@ -79,15 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", default=settings.namespace)
     parser.add_argument("--host", default=settings.http_host)
     parser.add_argument("--port", type=int, default=settings.http_port)
+    parser.add_argument("--request-timeout-s", type=_positive, default=settings.http_timeout_s,
+                        help="answer 408 and cancel a request after this many seconds "
+                             "(default: MQSERVE_HTTP_TIMEOUT_S, else none)")
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     setup_logging(settings.log_level, "gateway", quiet=())
     app = create_app(opts.redis_url, opts.namespace, result_ttl_ms=settings.result_ttl_ms,
-                     max_body_bytes=settings.max_body_bytes, timeout_s=settings.http_timeout_s,
+                     max_body_bytes=settings.max_body_bytes, timeout_s=opts.request_timeout_s,
                      address=(opts.host, opts.port))
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
                             lifespan="on", timeout_keep_alive=90,
                             http=_BoundedHttpTools if HttpToolsProtocol is not None else "auto")
+    # After Config, which configures uvicorn's loggers: a response cut on purpose is no crash.
+    logging.getLogger("uvicorn.error").addFilter(_not_aborted)
     server = _Server(config, opts.ready_fd)
     server.run()
     return 0 if server.started else 1

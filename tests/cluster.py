@@ -116,7 +116,9 @@ def _healthy(port: int, proc: subprocess.Popen[bytes]) -> bool:
     if proc.poll() is not None:
         raise AssertionError(f"gateway on port {port} exited with status {proc.returncode}")
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=1).status_code == 200
+        # Up: healthy, or not ready for traffic only because no application has a route yet.
+        r = httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=1)
+        return r.status_code == 200 or (r.status_code, r.text) == (503, "Route table is not populated yet.")
     except httpx.HTTPError:
         return False
 
@@ -150,6 +152,30 @@ def cluster_on(url: str, *, workers: int = 1, gateway: bool = False, prefix: str
         os.environ.clear()
         os.environ.update(saved)
         assert left == [], f"processes left behind: {left}"
+
+
+@contextmanager
+def serve_in(mode: str, redis_url: str, *, prefix: str) -> Iterator[str]:
+    """This process's serve in ``mode``: "local" (private Redis on a Unix socket, one
+    node, started by serve) or "cluster" (:func:`cluster_on` ``redis_url``: TCP Redis, a
+    separate worker). Yields ``mode``; everything stops on exit, and nothing is left."""
+    if mode == "cluster":
+        with cluster_on(redis_url, prefix=prefix):
+            yield mode
+        return
+    marker = f"{prefix}{uuid.uuid4().hex[:8]}"
+    saved = dict(os.environ)
+    os.environ["MQSERVE_NAMESPACE"] = marker
+    os.environ.pop("MQSERVE_REDIS_URL", None)
+    os.environ["MQSERVE_HTTP_PORT"] = str(free_port())
+    try:
+        serve.start()
+        yield mode
+    finally:
+        serve.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+        assert wait_until_gone(marker) == [], "processes left behind"
 
 
 def free_port() -> int:

@@ -35,6 +35,19 @@ def _no_secret_left_behind() -> Iterator[None]:
     codec.use_secret(None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Replicas write their log files (MQSERVE_LOGS_DIR, inherited by every process the
+    tests start) under the session's temporary directory, not the machine's default."""
+    saved = os.environ.get("MQSERVE_LOGS_DIR")
+    os.environ["MQSERVE_LOGS_DIR"] = str(tmp_path_factory.mktemp("replica-logs"))
+    yield
+    if saved is None:
+        os.environ.pop("MQSERVE_LOGS_DIR", None)
+    else:
+        os.environ["MQSERVE_LOGS_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A private redis-server for the whole session (never the machine's own)."""

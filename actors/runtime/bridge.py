@@ -8,9 +8,11 @@ gateway hands blocking work to threads. Each such crossing goes through one of t
 - :class:`StepBatch`: things posted during one step of a loop are handled together at
   its next step (one Redis pipeline, one wake-up), whether posted on the loop or from
   other threads;
+- :class:`Overrun`: work a loop put off to the end of its step is done by a thread
+  instead if that step lasts too long (user code blocking the loop);
 - :func:`submit`: run a coroutine on a loop, from another thread;
-- :func:`wait`: await a ``concurrent.futures.Future`` on the loop that waits for it,
-  with one wake-up per batch of results rather than one per future;
+- :func:`wait` (and :func:`follow`): await a ``concurrent.futures.Future`` on the loop
+  that waits for it, with one wake-up per batch of results rather than one per future;
 - :func:`run_sync`: run blocking (user) code from a loop on the one thread pool, the
   loop's default executor.
 """
@@ -20,12 +22,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
+import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+#: Seconds without work armed after which the :class:`Overrun` thread waits with no
+#: timeout (and must be woken by the next ``arm``) rather than checking every budget.
+OVERRUN_REST_AFTER_S = 1.0
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -70,6 +81,63 @@ class StepBatch(Generic[T]):
             self._flush(items)
 
 
+class Overrun:
+    """Does on a thread the work a loop put off to the end of a step that lasts too long.
+
+    Work put off to the end of a loop's step waits for everything else the step runs; if
+    user code blocks the loop (``time.sleep``, a long computation), it waits that long.
+    ``arm(key, late)``, from the loop, asks for ``late()`` to be called if ``disarm(key)``
+    has not come within ``budget_s``: one daemon thread per process calls it, so it must
+    be safe there, and it runs while the loop is still blocked (the GIL is released by
+    blocking calls, and handed over every switch interval by long computations). While
+    work is armed now and then, the thread sleeps in timed waits (about one wake-up per
+    budget, however many steps arm); after ``OVERRUN_REST_AFTER_S`` with none, it rests
+    until the next ``arm`` wakes it.
+    """
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self._cond = threading.Condition(threading.Lock())
+        self._armed: dict[object, tuple[float, Callable[[], None]]] = {}
+        self._resting = True
+        self._pid = 0  # the process the thread runs in (none after a fork)
+
+    def arm(self, key: object, late: Callable[[], None]) -> None:
+        with self._cond:
+            self._armed[key] = (time.monotonic() + self.budget_s, late)
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="mqserve-overrun", daemon=True).start()
+            elif self._resting:
+                self._cond.notify()
+
+    def disarm(self, key: object) -> None:
+        with self._cond:
+            self._armed.pop(key, None)
+
+    def _run(self) -> None:
+        active = time.monotonic()
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                late = [self._armed.pop(k)[1] for k, (at, _) in list(self._armed.items()) if at <= now]
+                if not late:
+                    if self._armed:
+                        active = now
+                        timeout: float | None = min(at for at, _ in self._armed.values()) - now
+                    else:
+                        timeout = self.budget_s if now - active < OVERRUN_REST_AFTER_S else None
+                    self._resting = timeout is None
+                    self._cond.wait(timeout)
+                    self._resting = False
+                    continue
+            for fn in late:
+                try:
+                    fn()
+                except Exception:
+                    logger.exception("mqserve: work taken over from a blocked event loop failed")
+
+
 def submit(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     """Run ``coro`` on ``loop`` (running in another thread); its future, for any thread."""
     return asyncio.run_coroutine_threadsafe(coro, loop)
@@ -82,6 +150,13 @@ async def wait(source: concurrent.futures.Future[T]) -> T:
         if source.cancelled():
             raise asyncio.CancelledError()
         return source.result()
+    return await follow(source)
+
+
+def follow(source: concurrent.futures.Future[T]) -> asyncio.Future[T]:
+    """An asyncio future of the running loop that takes ``source``'s outcome, as
+    :func:`wait` awaits it: for code that waits for it among other things
+    (``asyncio.wait``). Cancelling it leaves ``source`` alone."""
     loop = asyncio.get_running_loop()
     waiters = _waiters.get(loop)
     if waiters is None:
@@ -95,7 +170,7 @@ async def wait(source: concurrent.futures.Future[T]) -> T:
             waiters.post_threadsafe((target, src))
 
     source.add_done_callback(done)
-    return await target
+    return target
 
 
 async def run_sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -9,19 +9,17 @@ Two ways in, chosen by where the call is made:
 - a plain thread sends its request itself (it would wait for the reply anyway), and a
   listener thread serves the process's thread inbox;
 - code running on an event loop gets a :class:`~actors.runtime.channel.LoopChannel` for
-  that loop: an asyncio connection, an inbox and a listener task of its own. Calls made
-  during one step of the loop go out in one pipeline, and their replies resolve on the
-  loop itself, with no hop through another thread.
+  that loop: an asyncio connection, an inbox and a listener task of its own. A call made
+  there goes out without waiting for the loop to be free, as Ray's router sends it at
+  once (:mod:`actors.runtime.sender`), and its reply resolves on the loop itself, with no
+  hop through another thread.
 
-A request's outcome is written under its result key too. The listener deletes that
-key once it has delivered the reply, unless the response was passed to another call by
-reference: then the downstream replicas read the key (see ``watch``), and it goes when
-the last promised read is done (``settle.lua``). The promise is this process's count of
-the reads it made possible, sent when the response object is dropped. What the client
-keeps of each request to decide both is in :mod:`actors.runtime.pending`.
-
-Every command goes through the client's :class:`~broker.calls.Transport`: the real Redis
-connections, or an in-memory fake in unit tests.
+A request's outcome is written under its result key too, which the listener deletes
+once it has delivered the reply, unless the response was passed to another call by
+reference: then downstream replicas read it (``watch``), and it goes with the last read
+promised (``settle.lua``) when the response object is dropped. What the client keeps of
+each request to decide both is in :mod:`actors.runtime.pending`. Every command goes
+through the client's :class:`~broker.calls.Transport` (Redis, or a fake in unit tests).
 """
 
 from __future__ import annotations
@@ -42,10 +40,12 @@ from broker import calls, clock, codec, epoch, scripts, streams
 from broker.codec import REQUEST_ID_LEN, new_request_id
 from broker.keys import Keys
 
+from ..config import BackpressureConfig
 from ..exceptions import RequestCancelledError, RequestLostError, cancelled_error, refused_error
 from . import bridge
-from .channel import RECONNECT_PAUSE_S, Add, Done, LoopChannel
+from .channel import LoopChannel
 from .pending import PendingRequests, Settle
+from .sender import RECONNECT_PAUSE_S, Add, Done
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ class CallClient:
             if isinstance(res, Exception):
                 # Perhaps queued after all: its consumed responses may still be read.
                 self._not_run(req_id, (), ConnectionError(f"could not reach Redis to send a request: {res}"))
-            elif isinstance(res, int) and res < 0:
-                self._not_run(req_id, consumes, refused_error(res, app, dep, req_id))
+            elif (refused := calls.refusal(res)) is not None:
+                self._not_run(req_id, consumes, _refused(*refused, app, dep, req_id))
             elif not expect_reply:
                 self._deliver(req_id, b"")
 
@@ -365,6 +365,18 @@ class CallClient:
             inbox.leave(self._redis)
         except redis.RedisError:
             pass
+
+
+def _refused(code: int, details: list[Any], app: str, dep: str, req_id: str) -> Exception:
+    """The error of a request ``enqueue.lua`` refused with ``code``; a refusal for
+    backpressure comes with the queue's length, its limit and the deployment's config,
+    which says how to answer it (``backpressure_config``)."""
+    if code != -2 or len(details) != 3:
+        return refused_error(code, app, dep, req_id)
+    queued, max_queued, config = details
+    answer = BackpressureConfig.parse(config)
+    return refused_error(code, app, dep, req_id, queued=int(queued), max_queued=int(max_queued),
+                         status_code=answer.status_code, retry_after_s=answer.retry_after_s)
 
 
 _clients: dict[tuple[int, str, str, int], CallClient] = {}

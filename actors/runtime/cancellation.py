@@ -33,12 +33,15 @@ current_request: contextvars.ContextVar[str | None] = contextvars.ContextVar("mq
 
 
 class Children:
-    """The calls each running request made, to cancel with it. Thread-safe."""
+    """The calls each running request made, to cancel with it. Thread-safe.
+
+    Only the calls made before the request was cancelled go with it, as in Ray: a call
+    made afterwards (cleanup in an ``except CancelledError:``, or sync code running on)
+    is the code's own decision."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, list[Callable[[], None]]] = {}
-        self._cancelled: set[str] = set()
 
     def adopt(self, cancel: Callable[[], None]) -> None:
         """A call was just made: cancel it with the request running here, if any."""
@@ -46,16 +49,11 @@ class Children:
         if parent is None:
             return
         with self._lock:
-            late = parent in self._cancelled
-            if not late:
-                self._calls.setdefault(parent, []).append(cancel)
-        if late:  # made after its request was cancelled (sync code runs on)
-            cancel()
+            self._calls.setdefault(parent, []).append(cancel)
 
     def cancel(self, parent: str) -> None:
         with self._lock:
             calls = self._calls.pop(parent, ())
-            self._cancelled.add(parent)
         for cancel in calls:
             cancel()
 
@@ -63,7 +61,6 @@ class Children:
         """The request ended: the calls it made live on (as in Ray)."""
         with self._lock:
             self._calls.pop(parent, None)
-            self._cancelled.discard(parent)
 
 
 children = Children()

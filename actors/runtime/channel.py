@@ -1,69 +1,46 @@
 """One event loop's way to Redis, for the caller: calls made on a loop go out from it.
 
 Code running on an event loop gets a :class:`LoopChannel` for that loop (from its
-``CallClient``): an asyncio connection, an inbox and a listener task of its own. Calls
-made during one step of the loop go out in one pipeline, and their replies resolve on the
-loop itself, with no hop through another thread.
+``CallClient``): an asyncio client, an inbox and a listener task of its own, and a
+:class:`~actors.runtime.sender.LoopSender` that sends each call without waiting for the
+loop to be free (the first of a loop step before ``.remote()`` returns). Replies resolve
+on the loop itself, with no hop through another thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 
-from broker import calls, scripts
+from broker import calls
 from broker.codec import new_request_id
 
-from . import bridge
+from .sender import RECONNECT_PAUSE_S, Add, Done, LoopSender
 
 if TYPE_CHECKING:
     from .caller import CallClient
 
 logger = logging.getLogger("actors.runtime.caller")
 
-#: Seconds a listener waits before retrying after losing Redis.
-RECONNECT_PAUSE_S = 0.5
-
-#: Adds an operation's commands to a batch; ``Done`` gets the reply of the first (or the
-#: error). An op sent from an event loop's channel adds one command: the channel matches
-#: replies to ops by position.
-Add = Callable[[scripts.Batch], None]
-Done = Callable[[Any], None]
-
 
 class LoopChannel:
-    """One event loop's way to Redis: its own inbox, connection and listener task."""
+    """One event loop's way to Redis: its own inbox, client, sender and listener task."""
 
     def __init__(self, client: CallClient, loop: asyncio.AbstractEventLoop) -> None:
         self.client = client
         self.loop = loop
         self.inbox = client.keys.inbox(new_request_id())
         self.redis = client.transport.connect_async()
-        self.pending: bridge.StepBatch[tuple[Add, Done]] = bridge.StepBatch(loop, self._flush)
+        self.sender = LoopSender(loop, self.redis, client.transport.redis, client.transport.open_line)
         self.stopped = False
         self.listener = loop.create_task(self._listen())
 
     def post(self, add: Add, done: Done) -> None:
-        """Queue an op; everything posted during this loop step is sent as one pipeline."""
-        self.pending.post((add, done))
-
-    def _flush(self, ops: list[tuple[Add, Done]]) -> None:
-        self.loop.create_task(self._execute(ops))
-
-    async def _execute(self, ops: list[tuple[Add, Done]]) -> None:
-        batch = scripts.Batch()
-        for add, _ in ops:
-            add(batch)
-        try:
-            results = await batch.execute_async(self.redis)
-        except (redis.RedisError, OSError) as e:
-            results = [e] * len(ops)
-        for (_, done), res in zip(ops, results):
-            done(res)
+        """Send an op from the loop's thread (see :meth:`LoopSender.post`)."""
+        self.sender.post(add, done)
 
     async def _listen(self) -> None:
         inbox = calls.Inbox(self.inbox)
@@ -93,9 +70,13 @@ class LoopChannel:
                 pass
 
     def close(self) -> None:
-        """Stop the listener; safe from any thread."""
+        """Stop the listener and the sender; safe from any thread."""
         self.stopped = True
         try:
-            self.loop.call_soon_threadsafe(self.listener.cancel)
+            self.loop.call_soon_threadsafe(self._stop)
         except RuntimeError:  # loop already closed
             pass
+
+    def _stop(self) -> None:
+        self.listener.cancel()
+        self.sender.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 from broker import codec
 
-from ..config import ConfigError, Settings
+from ..config import ConfigError, LoggingConfig, Settings, check_route_prefix
 from ..exceptions import ServeException, deleted_error
 
 
@@ -117,17 +117,21 @@ def _deploy_targets(opts: argparse.Namespace, progress: Any) -> list[tuple[str, 
         config = _load_config(opts.target)
         http = config.get("http_options") or {}
         specs = [(a.get("name", "default"), a.get("route_prefix", "/"), a["import_path"],
-                  {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in a.get("deployments", [])})
+                  {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in a.get("deployments", [])},
+                  LoggingConfig.parse(a.get("logging_config")))
                  for a in config["applications"]]
     else:
         http = {}
-        specs = [(opts.name, opts.route_prefix, opts.target, {})]
-    apps = [(name, prefix, load_app(path), overrides) for name, prefix, path, overrides in specs]
-    http_options = {"host": opts.host or http.get("host"), "port": opts.port or http.get("port")}
+        specs = [(opts.name, opts.route_prefix, opts.target, {}, None)]
+    for _, prefix, *_ in specs:
+        check_route_prefix(prefix)
+    apps = [(name, prefix, load_app(path), overrides, logs) for name, prefix, path, overrides, logs in specs]
+    http_options = {"host": opts.host or http.get("host"), "port": opts.port or http.get("port"),
+                    "request_timeout_s": http.get("request_timeout_s")}
     serve.start(redis_url=opts.redis_url, http_options={k: v for k, v in http_options.items() if v})
-    for name, prefix, app, overrides in apps:
-        get_context().deploy(app, name, prefix, overrides, progress=progress)
-    return [(name, prefix) for name, prefix, _, _ in apps]
+    for name, prefix, app, overrides, logs in apps:
+        get_context().deploy(app, name, prefix, overrides, progress=progress, logging_config=logs)
+    return [(name, prefix) for name, prefix, *_ in apps]
 
 
 def _run(opts: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from broker.errors import RouteConflictError
 from broker.keys import Keys
 from broker.registry import Registry
 
-from ..config import ConfigError, Settings, user_config_tag
+from ..config import ConfigError, LoggingConfig, Settings, user_config_tag
 from ..deployment import Application, build_app, check_user_config
 from ..exceptions import DeployFailedError, DeploymentUnavailableError, deleted_error, rebuild_remote_error
 from ..handle import DeploymentHandle
@@ -80,7 +80,8 @@ class ServeContext:
         host = self.http_options.get("host") or settings.http_host
         port = int(self.http_options.get("port") or settings.http_port)
         try:
-            self.gateway = LocalGateway(self.url, settings.namespace, host, port)
+            self.gateway = LocalGateway(self.url, settings.namespace, host, port,
+                                        request_timeout_s=self.http_options.get("request_timeout_s"))
             self.gateway.wait_ready()
         except BaseException:
             self._stop_local()
@@ -94,10 +95,12 @@ class ServeContext:
     # Deploy ---------------------------------------------------------------------------------
     def deploy(self, app: Application, name: str, route_prefix: str | None,
                overrides: dict[str, dict[str, Any]] | None = None,
-               progress: Callable[[str], None] | None = None) -> DeploymentHandle:
+               progress: Callable[[str], None] | None = None, *,
+               logging_config: LoggingConfig | None = None) -> DeploymentHandle:
         """Register ``app`` and wait for its replicas; ``overrides`` maps deployment names
         to options (a config file's ``deployments`` section). ``progress`` gets a line
-        each time the count of running replicas changes."""
+        each time the count of running replicas changes. ``logging_config`` (the
+        application's) goes to the deployments that have none of their own."""
         self.start_processes()
         ingress, plans = build_app(app, lambda dep: self.handle(dep, name))
         unknown = set(overrides or {}) - {p.name for p in plans}
@@ -105,6 +108,9 @@ class ServeContext:
             raise ConfigError(f"Application '{name}' has no deployment(s) named {', '.join(sorted(unknown))}; "
                               f"it has {', '.join(p.name for p in plans)}.")
         plans = [replace(p, config=p.config.with_options(**(overrides or {}).get(p.name, {}))) for p in plans]
+        if logging_config is not None:
+            plans = [p if p.config.logging_config is not None else
+                     replace(p, config=replace(p.config, logging_config=logging_config.model_dump())) for p in plans]
         for p in plans:
             check_user_config(p)
         fields = {p.name: registry_fields(p, uuid.uuid4().hex[:12]) for p in plans}

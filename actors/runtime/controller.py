@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -32,6 +32,7 @@ from broker.registry import Registry
 from ..config import DeploymentConfig
 from ..exceptions import DeploymentUnavailableError, ReplicaDiedError
 from ..status import ENDED_STATES, stopping
+from . import ranks
 from .autoscaler import ScaleState, decide, initial_target
 
 logger = logging.getLogger("mqserve.controller")
@@ -58,6 +59,8 @@ class _Assigned:
     node: str
     replica_id: str
     version: str
+    #: Its assignment record, as read this pass (ranks included, see ``ranks``).
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 class Controller:
@@ -87,7 +90,7 @@ class Controller:
         load: dict[str, int] = {n: 0 for n in nodes}
         for node in nodes:
             for rid, rec in reg.assignments(node).items():
-                assigned[(rec["app"], rec["deployment"])].append(_Assigned(node, rid, rec["version"]))
+                assigned[(rec["app"], rec["deployment"])].append(_Assigned(node, rid, rec["version"], rec))
                 load[node] += 1
         capacity = {n: rec.get("max_replicas") for n, rec in nodes.items()}
         scale_states = reg.scale_states()
@@ -170,7 +173,8 @@ class Controller:
         the deployment never has fewer than ``target`` replicas taking requests.
 
         The record of a replica that failed its health checks stays (the deployment
-        shows UNHEALTHY) until its replacement runs.
+        shows UNHEALTHY) until its replacement runs. Ranks and world size go in the
+        assignment records (see ``ranks``); running replicas hear of changes to theirs.
         """
         reg = self.registry
         current = [i for i in items if i.version == version]
@@ -183,7 +187,36 @@ class Controller:
             wanted = len(current)
         else:
             wanted = min(target, running + 1) if old else target
-        for _ in range(wanted - len(current)):
+        new = self._place(app, dep, wanted - len(current), load, capacity)
+        dropped = _prefer_unready(current, records)[:max(0, len(current) - target)]
+        # Retire old replicas as new ones run (all of them if the new version cannot start).
+        retire = len(old) if failed else max(0, running + len(old) - target)
+        dropped += _prefer_unready(old, records)[:retire]
+        for item in dropped:
+            reg.unassign(item.node, item.replica_id)
+        gone = {i.replica_id for i in dropped}
+        kept = [i for i in items if i.replica_id not in gone]
+        steady = not (old or new or dropped or failed) and running == len(current) == target
+        fields = ranks.plan([(i.replica_id, i.node, i.record) for i in kept] + [(r, n, None) for r, n in new],
+                            world_size=target, compact=steady)
+        for rid, node in new:
+            # The node kills a replica that has not stopped this long after it was told to.
+            reg.assign(node, rid, {"app": app, "deployment": dep, "version": version,
+                                   "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s, **fields[rid]})
+        reg.rerank(app, dep, [(i.node, i.replica_id, {**i.record, **fields[i.replica_id]})
+                              for i in kept if i.replica_id in fields])
+        live = {i.replica_id for i in items}
+        for rid, rec in records.items():
+            if rec.get("state") == "UNHEALTHY" and rid not in live and \
+                    (running >= target or rec.get("version") != version):
+                reg.remove_replica(app, dep, rid)
+
+    def _place(self, app: str, dep: str, count: int, load: dict[str, int],
+               capacity: dict[str, int | None]) -> list[tuple[str, str]]:
+        """Ids and nodes for ``count`` new replicas of ``app/dep``, on the least-loaded
+        nodes with room (fewer if there is no room: the next pass tries again)."""
+        placed = []
+        for _ in range(count):
             node = _least_loaded(load, capacity)
             if node is None:
                 if (app, dep) not in self.unplaced:
@@ -192,22 +225,9 @@ class Controller:
                 self.unplaced.add((app, dep))
                 break
             self.unplaced.discard((app, dep))
-            rid = f"{app}#{dep}#{uuid.uuid4().hex[:8]}"
-            # The node kills a replica that has not stopped this long after it was told to.
-            reg.assign(node, rid, {"app": app, "deployment": dep, "version": version,
-                                   "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s})
+            placed.append((f"{app}#{dep}#{uuid.uuid4().hex[:8]}", node))
             load[node] += 1
-        for extra in _prefer_unready(current, records)[:max(0, len(current) - target)]:
-            reg.unassign(extra.node, extra.replica_id)
-        # Retire old replicas as new ones run (all of them if the new version cannot start).
-        retire = len(old) if failed else max(0, running + len(old) - target)
-        for item in _prefer_unready(old, records)[:retire]:
-            reg.unassign(item.node, item.replica_id)
-        live = {i.replica_id for i in items}
-        for rid, rec in records.items():
-            if rec.get("state") == "UNHEALTHY" and rid not in live and \
-                    (running >= target or rec.get("version") != version):
-                reg.remove_replica(app, dep, rid)
+        return placed
 
     def _finish_deleting(self, app: str, record: dict[str, Any]) -> None:
         """A deleted app stops being listed (as DELETING) once its replicas have stopped;

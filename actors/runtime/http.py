@@ -26,6 +26,7 @@ from broker import codec
 from broker.queue import STREAMED
 
 from . import bridge
+from .lifespan import Lifespan
 from .streaming import StreamWriter
 
 Scope = dict[str, Any]
@@ -120,41 +121,58 @@ def call_as_asgi(method: Callable[..., Any]) -> ASGIApp:
     return app
 
 
+def current_instance() -> Any:
+    """The replica's instance of its ``@serve.ingress`` class: the ``self`` of its method
+    routes (``actors.ingress`` makes ``self`` a FastAPI dependency on this)."""
+    if _serving is None:
+        raise RuntimeError("no @serve.ingress deployment runs in this process")
+    return _serving.instance
+
+
+class Ingress:
+    """The ``@serve.ingress`` app of this replica, serving its instance; its lifespan
+    runs from :meth:`start` to :meth:`stop`, and the state it yields is every request's."""
+
+    def __init__(self, app: ASGIApp, instance: Any) -> None:
+        self.app = app
+        self.instance = instance
+        self.lifespan: Lifespan | None = None
+
+    async def start(self) -> None:
+        """Become the process's ingress and run the app's lifespan startup (raises
+        ``LifespanStartupError`` if it fails)."""
+        global _serving
+        _serving = self
+        self.lifespan = Lifespan(self.app)
+        await self.lifespan.startup()
+
+    async def stop(self) -> None:
+        if self.lifespan is not None:
+            await self.lifespan.shutdown()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if self.lifespan is not None and self.lifespan.state:
+            scope["state"] = dict(self.lifespan.state)  # a copy per request, as uvicorn gives
+        await self.app(scope, receive, send)
+
+
+#: The ingress this replica serves (one deployment per process).
+_serving: Ingress | None = None
+
+
+def ingress_of(target: Any) -> Ingress | None:
+    """The ``@serve.ingress`` app of a replica's user object (a class instance), if any."""
+    app = getattr(type(target), "_mq_ingress_app", None)
+    return None if app is None else Ingress(app, target)
+
+
 def bind_ingress(app: Any, cls: type, instance: Any) -> ASGIApp:
-    """The ``@serve.ingress`` app with routes that are methods of ``cls`` bound to ``instance``.
-
-    FastAPI reads an endpoint's signature when a route is added, so each method route
-    gets ``self`` as a dependency that returns the replica's instance, and is added
-    again (as ``fastapi_utils.cbv`` does).
-    """
-    try:
-        from fastapi import APIRouter, Depends
-        from fastapi.routing import APIRoute
-    except ImportError:
-        return app
-    router = getattr(app, "router", None)
-    if router is None:
-        return app
-    methods = [r for r in router.routes if isinstance(r, APIRoute) and _defined_in(r.endpoint, cls)]
-    for route in methods:
-        signature = inspect.signature(route.endpoint)
-        params = list(signature.parameters.values())
-        first = params[0].replace(default=Depends(lambda: instance))
-        rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[1:]]
-        route.endpoint.__signature__ = signature.replace(parameters=[first, *rest])  # type: ignore[attr-defined]  # a function takes attributes; inspect.signature reads this one
-        router.routes.remove(route)
-    if methods:
-        view = APIRouter()
-        view.routes.extend(methods)
-        app.include_router(view)
-    return app
-
-
-def _defined_in(fn: Any, cls: type) -> bool:
-    """Whether ``fn`` is one of ``cls``'s own functions (by identity: a class shipped by
-    value loses its ``__qualname__``)."""
-    fn = inspect.unwrap(fn)
-    return any(inspect.unwrap(member) is fn for member in vars(cls).values() if callable(member))
+    """The ASGI app that serves ``instance``'s HTTP requests: the ingress its replica
+    started (see ``actors.runtime.replica``), else ``app`` serving ``instance``."""
+    global _serving
+    if _serving is None or _serving.instance is not instance:
+        _serving = Ingress(app, instance)  # not started by a replica: no lifespan
+    return _serving
 
 
 class _Reply:

@@ -111,13 +111,16 @@ class LocalNode:
 class LocalGateway:
     """The driver's HTTP gateway process (``python -m gateway``)."""
 
-    def __init__(self, url: str, namespace: str, host: str, port: int) -> None:
+    def __init__(self, url: str, namespace: str, host: str, port: int, *,
+                 request_timeout_s: float | None = None) -> None:
         self.host, self.port = host, port
         read_fd, write_fd = os.pipe()
+        args = ["--namespace", namespace, "--host", host, "--port", str(port), "--ready-fd", str(write_fd)]
+        if request_timeout_s is not None:  # else the gateway reads MQSERVE_HTTP_TIMEOUT_S
+            args += ["--request-timeout-s", str(request_timeout_s)]
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "--namespace", namespace,
-                 "--host", host, "--port", str(port), "--ready-fd", str(write_fd)],
+                [sys.executable, "-m", "gateway", *args],
                 stdin=subprocess.DEVNULL, env=_child_env(url), pass_fds=(write_fd,), preexec_fn=child_preexec)
         finally:
             os.close(write_fd)

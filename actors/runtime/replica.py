@@ -38,8 +38,8 @@ from broker.queue import ServeBroker
 from broker.registry import Registry
 
 from ..batching import batch_capacity
-from ..config import DeploymentConfig, Settings, user_config_tag
-from . import bridge, multiplex
+from ..config import DEFAULT_LOG_LEVEL, DEFAULT_LOGS_DIR, DeploymentConfig, Settings, user_config_tag
+from . import bridge, http, identity, multiplex
 from .caller import close_clients
 from .cancellation import Cancellations
 from .outcomes import OutcomeWriter
@@ -60,8 +60,10 @@ class Replica:
     """Builds the user's object and serves its deployment's queue until told to stop."""
 
     def __init__(self, *, url: str, namespace: str, app: str, deployment: str, replica_id: str,
-                 version: str, node_id: str, result_ttl_ms: int) -> None:
+                 version: str, node_id: str, result_ttl_ms: int, log_level: str = DEFAULT_LOG_LEVEL,
+                 logs_dir: str = DEFAULT_LOGS_DIR) -> None:
         self.url, self.keys = url, Keys(namespace)
+        self.log_level, self.logs_dir = log_level, logs_dir
         self.app, self.deployment, self.replica_id = app, deployment, replica_id
         self.version, self.node_id, self.result_ttl_ms = version, node_id, result_ttl_ms
         self.registry = Registry(connect(url), self.keys)
@@ -71,6 +73,8 @@ class Replica:
         self.is_function = False
         self.user_config_tag = ""
         self.cancels = Cancellations()
+        #: The @serve.ingress app, whose lifespan runs while the replica does.
+        self.ingress: http.Ingress | None = None
         #: Set when check_health failed: the record keeps saying UNHEALTHY while it stops.
         self.unhealthy = False
 
@@ -87,6 +91,9 @@ class Replica:
         self._record("STARTING")
         config = DeploymentConfig(**spec["config"])
         self.user_config_tag = user_config_tag(config.user_config)
+        self.access = identity.enter(self.registry, app=self.app, deployment=self.deployment,
+                                     replica_id=self.replica_id, node_id=self.node_id, config=config,
+                                     log_level=self.log_level, logs_dir=self.logs_dir)
         try:
             self._construct(spec["spec"], config)
         except BaseException as e:
@@ -97,6 +104,7 @@ class Replica:
             if self.loop_thread is not None:
                 self.loop_thread.stop()
             return 1
+        identity.serving(self.target)
         # What this replica writes back if Redis restarts without its data.
         self.app_record = self.registry.app(self.app)
         self.deployment_fields = self.registry.deployment_fields(self.app, self.deployment)
@@ -129,6 +137,9 @@ class Replica:
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
         self._unload_models(config.graceful_shutdown_timeout_s)
         self.outcomes.close()
+        self._stop_ingress(config.graceful_shutdown_timeout_s)
+        if self.access is not None:
+            self.access.close()
         broker.close()
         close_clients()
         if self.loop_thread is not None:
@@ -174,6 +185,7 @@ class Replica:
                 self.cancels.heard(event["data"].decode())
                 return
             if json.loads(event["data"]).get("app") == self.app:
+                identity.refresh_rank(self.registry, self.node_id, self.replica_id)
                 apply_user_config(retry=True)  # a deploy asks again, even for a config refused before
 
         def subscribed() -> None:
@@ -181,6 +193,7 @@ class Replica:
             # user_config written before our first subscription (or between two).
             for req_id in self.registry.cancelled_taken(self.replica_id):
                 self.cancels.heard(req_id)
+            identity.refresh_rank(self.registry, self.node_id, self.replica_id)
             apply_user_config(retry=False)
 
         self.registry.follow(on_event, self.stop_requested, every_s=DATA_CHECK_S, cancellations=True,
@@ -270,11 +283,23 @@ class Replica:
                 self._call(self.target.__init__, args, kwargs)
             else:
                 self.target = func_or_class(*args, **kwargs)
+            self.ingress = http.ingress_of(self.target)
+            if self.ingress is not None:  # its lifespan starts after the constructor, as in Ray
+                self.loop_thread.run_coroutine(self.ingress.start())
             reconfigure = getattr(self.target, "reconfigure", None)
             if config.user_config is not None and callable(reconfigure):
                 self._call(reconfigure, (config.user_config,), {})
         else:
             self.target, self.is_function = func_or_class, True
+
+    def _stop_ingress(self, timeout_s: float) -> None:
+        """Run the ingress app's lifespan shutdown, once its requests are done."""
+        if self.ingress is None or self.loop_thread is None:
+            return
+        try:
+            bridge.submit(self.loop_thread.loop, self.ingress.stop()).result(timeout=timeout_s)
+        except Exception as e:
+            logger.warning("the ingress app's lifespan shutdown did not finish: %r", e)
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run user code to the end, here (constructor-time calls such as reconfigure)."""
@@ -294,7 +319,8 @@ class Replica:
         assert self.loop_thread is not None
         transport = RedisTransport(url=self.url, keys=self.keys, result_ttl_ms=self.result_ttl_ms, aio=self.aio)
         self.requests = Requests(target=self.target, is_function=self.is_function, deployment=self.deployment,
-                                 transport=transport, loop=self.loop_thread.loop, cancels=self.cancels)
+                                 transport=transport, loop=self.loop_thread.loop, cancels=self.cancels,
+                                 app=self.app, access=self.access)
         broker = ServeBroker(self.url, self.keys, queue_key=self.keys.queue(self.app, self.deployment),
                              processing_key=self.keys.processing(self.replica_id),
                              result_ttl_ms=self.result_ttl_ms, middleware=[CurrentMessage()])
@@ -341,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, opts.replica_id, quiet=("dramatiq", "mqserve.replica.loop"))
     replica = Replica(url=opts.redis_url, namespace=opts.namespace, app=opts.app, deployment=opts.deployment,
                       replica_id=opts.replica_id, version=opts.version, node_id=opts.node_id,
-                      result_ttl_ms=opts.result_ttl_ms)
+                      result_ttl_ms=opts.result_ttl_ms, log_level=settings.log_level, logs_dir=settings.logs_dir)
     signal.signal(signal.SIGTERM, lambda *_: replica.stop_requested.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=on_stdin_eof, args=(replica.stop_requested.set,), daemon=True).start()

@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -35,9 +36,11 @@ from broker.keys import Keys
 from broker.queue import STREAMED
 from broker.streams import StreamSink
 
+from ..context import _RequestContext, _serve_request_context
 from ..exceptions import RayServeException, RequestCancelledError
 from ..handle import load_call_args
 from . import bridge, http
+from .access import AccessLog
 from .caller import CallClient, get_client
 from .cancellation import Cancellations, children, current_request
 from .multiplex import current_model
@@ -80,25 +83,36 @@ class Requests:
     """Runs the requests of one replica: its user object, its loop, its cancellations."""
 
     def __init__(self, *, target: Any, is_function: bool, deployment: str, transport: Transport,
-                 loop: asyncio.AbstractEventLoop, cancels: Cancellations) -> None:
+                 loop: asyncio.AbstractEventLoop, cancels: Cancellations, app: str = "",
+                 access: AccessLog | None = None) -> None:
         self.target, self.is_function, self.deployment = target, is_function, deployment
         self.transport, self.loop, self.cancels = transport, loop, cancels
+        self.app, self.access = app, access
         self._ingress: http.ASGIApp | None = None
 
     def run(self, message: dramatiq.Message[Any]) -> Outcome:
         """The future outcome of one taken request (already resolved for sync work).
 
-        The calls its user code makes are its children (cancelled with it); the tasks it
-        starts on the loop inherit that from this thread's context."""
+        The calls its user code makes are its children (cancelled with it), and carry
+        its user-visible request id (the request context); the tasks it starts on the
+        loop inherit both from this thread's context."""
         req_id = message.message_id
-        token = current_request.set(req_id)
-        model = current_model.set(message.options.get("multiplexed_model_id", ""))  # serve.get_multiplexed_model_id()
+        options = message.options
+        model_id = options.get("multiplexed_model_id", "")
+        request = _RequestContext("", codec.request_id_of(req_id, options), req_id, self.app, model_id,
+                                  bool(options.get("http")))
+        started = time.perf_counter()
+        token, context_token = current_request.set(req_id), _serve_request_context.set(request)
+        model = current_model.set(model_id)  # serve.get_multiplexed_model_id()
         try:
             outcome = self._run(message)
         finally:
             current_model.reset(model)
+            _serve_request_context.reset(context_token)
             current_request.reset(token)
         outcome.add_done_callback(lambda _: children.forget(req_id))
+        if self.access is not None and not request.is_http_request:  # HTTP ones log in their app
+            self.access.watch_call(message.args[0], request, started, outcome)
         return outcome
 
     def _run(self, message: dramatiq.Message[Any]) -> Outcome:
@@ -140,6 +154,10 @@ class Requests:
         """An HTTP request from the gateway, run through the ingress on the event loop; a
         streamed response opens the request's stream when its first piece comes."""
         (snapshot,), _ = codec.decode_args(payload)
+        request = _serve_request_context.get()
+        if request is not None:  # its route is the application's route prefix, as in Ray
+            _serve_request_context.set(_RequestContext(snapshot.get("root_path") or "/", request.request_id,
+                                                       request._internal_request_id, request.app_name, "", True))
         task: list[concurrent.futures.Future[bytes]] = []
 
         def open_stream() -> StreamWriter:
@@ -210,6 +228,8 @@ class Requests:
                 self._ingress = http.bind_ingress(ingress, type(self.target), self.target)
             else:
                 self._ingress = http.call_as_asgi(self._method("__call__"))
+            if self.access is not None:
+                self._ingress = self.access.asgi(self._ingress)
         return self._ingress
 
 

@@ -15,9 +15,10 @@
 --           its result. If the result is not written yet, the flag makes its value go
 --           to the result key only, not back to its caller (see complete.lua).
 -- Returns the queue length after the push, -1 if the deployment is not registered,
--- -2 if max_queued requests are already waiting (backpressure; nothing is queued),
--- -3 if the deployment failed to start (its field state is 'failed'), -4 if the request
--- was cancelled before it was queued.
+-- {-2, queue length, max_queued, config} if max_queued requests are already waiting
+-- (backpressure; nothing is queued; the deployment's config field says how HTTP answers
+-- that), -3 if the deployment failed to start (its field state is 'failed'), -4 if the
+-- request was cancelled before it was queued.
 local fields = redis.call('HMGET', KEYS[1], 'max_queued', 'state', 'idle', 'mux')
 local max_queued = fields[1]
 if not max_queued then
@@ -30,8 +31,11 @@ if redis.call('DEL', KEYS[4]) == 1 then
   return -4
 end
 max_queued = tonumber(max_queued)
-if max_queued >= 0 and redis.call('LLEN', KEYS[2]) >= max_queued then
-  return -2
+if max_queued >= 0 then
+  local queued = redis.call('LLEN', KEYS[2])
+  if queued >= max_queued then
+    return {-2, queued, max_queued, redis.call('HGET', KEYS[1], 'config')}
+  end
 end
 for i = 5, #ARGV, 2 do
   if redis.call('EXISTS', ARGV[i + 1]) == 0 then

@@ -11,6 +11,7 @@ import uuid
 import httpx
 import pytest
 
+from tests.cluster import poll
 from tests.conftest import ROOT, free_port
 from tests.procs import kill_all, wait_until_gone
 
@@ -72,6 +73,60 @@ def test_run_config_file_applies_overrides(mqserve, tmp_path) -> None:
     _wait_running(proc)
     assert httpx.get(f"http://127.0.0.1:{port}/greet?name=Ana").text == "Hola Ana"
     assert httpx.post(f"http://127.0.0.1:{port}/", json={"language": "french", "name": "Ana"}).text == "Bonjour Ana"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert wait_until_gone(marker) == []
+
+
+def test_run_config_file_applies_logging_config(mqserve, tmp_path) -> None:
+    # Given a config whose application logs JSON, with one deployment's own override
+    app_logs, dep_logs = tmp_path / "app-logs", tmp_path / "dep-logs"
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "applications:\n"
+        "  - name: greet\n"
+        "    route_prefix: /greet\n"
+        "    import_path: tests.apps.greeter:app\n"
+        f"    logging_config: {{encoding: JSON, logs_dir: {app_logs}}}\n"
+        "  - name: hello\n"
+        "    route_prefix: /\n"
+        "    import_path: examples.hello:language_classifier\n"
+        f"    logging_config: {{encoding: JSON, logs_dir: {app_logs}}}\n"
+        "    deployments:\n"
+        "      - name: LanguageClassifer\n"  # (sic: the example's spelling)
+        f"        logging_config: {{enable_access_log: false, logs_dir: {dep_logs}}}\n")
+    start, marker = mqserve
+    proc, port = start(str(config))
+    _wait_running(proc)
+    # When each application serves a request
+    assert httpx.get(f"http://127.0.0.1:{port}/greet?name=Ana").text == "Hello Ana"
+    assert httpx.post(f"http://127.0.0.1:{port}/", json={"language": "french", "name": "Ana"}).text == "Bonjour Ana"
+    # Then the app's config applies where the deployment sets none (JSON access lines),
+    # and the deployment's own where it does (its directory, TEXT, no access lines)
+    greeter = next(app_logs.glob("replica_greet_Greeter_*.log"))
+    poll(lambda: '"message": "GET /greet 200 ' in greeter.read_text(), timeout_s=10, what="a JSON access line")
+    classifier = next(dep_logs.glob("replica_hello_LanguageClassifer_*.log")).read_text()
+    assert "hello_LanguageClassifer" in classifier and "GET / " not in classifier and "{" not in classifier
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert wait_until_gone(marker) == []
+
+
+def test_run_config_file_http_options_set_the_request_timeout(mqserve, tmp_path) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "http_options:\n"
+        "  request_timeout_s: 1\n"
+        "applications:\n"
+        "  - name: sleeper\n"
+        "    route_prefix: /sleep\n"
+        "    import_path: tests.apps.sleeper:app\n")
+    start, marker = mqserve
+    proc, port = start(str(config))
+    _wait_running(proc)
+    r = httpx.get(f"http://127.0.0.1:{port}/sleep?s=30", timeout=20)
+    assert r.status_code == 408 and r.text.endswith("timed out after 1.0s."), r.text
+    assert httpx.get(f"http://127.0.0.1:{port}/sleep?s=0", timeout=20).text == "awake"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0
     assert wait_until_gone(marker) == []

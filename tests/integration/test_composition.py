@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -19,31 +18,15 @@ from actors.exceptions import DeploymentUnavailableError, ReplicaDiedError, Requ
 from actors.handle import DeploymentHandle
 from actors.runtime.context import current_context
 from broker.registry import Registry
-from tests.cluster import cluster_on, free_port, poll
-from tests.procs import wait_until_gone
+from tests.cluster import poll, serve_in
 
 ROUNDS = 20
 
 
 @pytest.fixture(scope="module", params=["local", "cluster"])
 def mode(request, redis_url: str) -> Iterator[str]:
-    if request.param == "cluster":
-        with cluster_on(redis_url, prefix="comp"):
-            yield "cluster"
-        return
-    marker = f"comp{uuid.uuid4().hex[:8]}"
-    saved = dict(os.environ)
-    os.environ["MQSERVE_NAMESPACE"] = marker
-    os.environ.pop("MQSERVE_REDIS_URL", None)
-    os.environ["MQSERVE_HTTP_PORT"] = str(free_port())
-    try:
-        serve.start()
-        yield "local"
-    finally:
-        serve.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
-        assert wait_until_gone(marker) == [], "processes left behind"
+    with serve_in(request.param, redis_url, prefix="comp") as mode:
+        yield mode
 
 
 def registry() -> Registry:

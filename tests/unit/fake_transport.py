@@ -1,9 +1,11 @@
 """An in-memory stand-in for a caller's Redis connections (:class:`broker.calls.Transport`).
 
 It knows the few commands a caller sends, records every pipeline executed (a caller
-sends each batch as one), and keeps lists a test pushes replies to, as replicas push them
-to a caller's inbox. Scripts do not run: each answers what the test says it does
-(``answers``), so a test sets the scene for one reply of Redis at a time.
+sends each batch as one) and every batch written on an event loop's send line
+(:class:`FakeLine`: run when written, answered when the test lets it), and keeps lists a
+test pushes replies to, as replicas push them to a caller's inbox. Scripts do not run:
+each answers what the test says it does (``answers``), or NOSCRIPT while it is in
+``unloaded``, so a test sets the scene for one reply of Redis at a time.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from broker import calls, scripts
 
 _SCRIPTS = {script.sha: script.name for script in scripts.ALL}
+_SOURCES = {script.source: script.name for script in scripts.ALL}
 
 
 @dataclass(frozen=True)
@@ -54,11 +58,27 @@ class FakeRedis:
         self.xreads: list[dict[str, Any]] = []
         #: Lists a sync client is blocked on (in BLPOP) right now.
         self.waiting: set[str] = set()
+        #: Scripts (by name) not in Redis's script cache: they answer NOSCRIPT until loaded.
+        self.unloaded: set[str] = set()
+        #: Every send line opened, in order; while ``refuse_lines`` is set, opening one
+        #: raises it.
+        self.lines: list[FakeLine] = []
+        self.refuse_lines: Exception | None = None
         self.closed = False
         self._pushed: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     def transport(self) -> calls.Transport:
-        return calls.Transport(self, lambda: FakeAsyncRedis(self))  # type: ignore[arg-type]
+        return calls.Transport(self, lambda: FakeAsyncRedis(self), self._open_line)  # type: ignore[arg-type]
+
+    async def _open_line(self, client: FakeAsyncRedis) -> FakeLine:
+        await asyncio.sleep(0)  # a connection takes a round trip or two
+        if self.refuse_lines is not None:
+            raise self.refuse_lines
+        line = FakeLine(self)
+        with self.cond:
+            self.lines.append(line)
+            self.cond.notify_all()
+        return line
 
     # What a test does -----------------------------------------------------------------------
     def sent(self, name: str) -> list[Command]:
@@ -139,6 +159,8 @@ class FakeRedis:
         return results
 
     def _run(self, c: Command) -> Any:
+        if c.name in self.unloaded:
+            return NoScriptError("NOSCRIPT No matching script (fake)")
         if c.name in self.answers:
             answer = self.answers[c.name]
             return answer(c) if callable(answer) else answer
@@ -159,6 +181,8 @@ class FakeRedis:
             return {"run_id": self.run_id}
         if c.name == "time":
             return self.time()
+        if c.name == "script-load":
+            return c.args[0]
         raise NotImplementedError(f"the fake does not know {c.name}")
 
     def _remove(self, keys: Iterable[str]) -> int:
@@ -244,8 +268,90 @@ class FakeAsyncRedis:
     async def delete(self, *keys: str) -> int:
         return self.fake.delete(*keys)
 
+    async def script_load(self, source: str) -> str:
+        name = _SOURCES[source]
+        with self.fake.cond:
+            self.fake.unloaded.discard(name)
+        self.fake.execute([Command("script-load", (name,))])
+        return name
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        (reply,) = self.fake.execute([Command(_SCRIPTS[sha], keys_and_args[numkeys:], keys_and_args[:numkeys])])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
     async def aclose(self) -> None:
         self.closed = True
+
+
+class FakeLine:
+    """An event loop's send line: a batch runs when it is written (it is recorded as a
+    pipeline, in ``batches``, and in ``written``), and its replies come back in order, at
+    once or, while ``held``, once the test calls :meth:`release`. :meth:`sever` drops the
+    connection; so does writing a script in ``FakeRedis.severed``."""
+
+    def __init__(self, fake: FakeRedis) -> None:
+        self.fake = fake
+        self.written: list[list[Command]] = []  # the batches, in order
+        self.writes: list[int] = []  # how many batches each write held
+        self.held = False
+        self.lost = False
+        self.closed = False
+        self._replies: deque[tuple[Any, list[Any]]] = deque()
+        self._changed = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return not self.lost and not self.closed
+
+    def send(self, ops: list[tuple[scripts.Batch, Any]]) -> None:
+        self.writes.append(len(ops))
+        for op in ops:
+            commands = [_command(args) for args, _ in op[0].commands()]
+            self.written.append(commands)
+            try:
+                replies = self.fake.execute(commands)
+            except redis.ConnectionError:
+                self.sever()
+            self._replies.append((op, [] if self.lost else replies))
+        self._changed.set()
+
+    def release(self) -> None:
+        """Let the replies held so far (and later ones) come back."""
+        self.held = False
+        self._changed.set()
+
+    def sever(self) -> None:
+        self.lost = True
+        self._changed.set()
+
+    async def next(self) -> tuple[Any, list[Any]]:
+        while self.lost or self.held or not self._replies:
+            if self.lost:
+                raise redis.ConnectionError("connection lost (fake line)")
+            self._changed.clear()
+            await self._changed.wait()
+        return self._replies.popleft()
+
+    def abandon(self) -> list[Any]:
+        self.lost = True
+        ops = [op for op, _ in self._replies]
+        self._replies.clear()
+        return ops
+
+    async def close(self) -> None:
+        self.closed = True
+        with self.fake.cond:
+            self.fake.cond.notify_all()
+
+
+def _command(args: tuple[Any, ...]) -> Command:
+    """A command as a :class:`FakeLine` gets it (packed by ``Batch.commands``)."""
+    if args[0] == "EVALSHA":
+        numkeys = args[2]
+        return Command(_SCRIPTS[args[1]], args[3 + numkeys:], args[3:3 + numkeys])
+    return Command(args[0].lower(), args[1:])
 
 
 def _entry_id(entry_id: str | bytes) -> tuple[int, int]:

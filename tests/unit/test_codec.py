@@ -88,3 +88,27 @@ def test_code_pickled_by_value_keeps_its_file_name(tmp_path, monkeypatch) -> Non
         outer(3)()
     frame = traceback.extract_tb(info.value.__traceback__)[-1]
     assert (frame.filename, frame.lineno, frame.line) == (str(path), 3, "raise KeyError(n)")
+
+
+def test_the_user_visible_request_id_travels_only_when_it_is_not_the_call_s_own() -> None:
+    # A call that starts a request (a driver's, or the gateway's without X-Request-Id)
+    # uses its own id: nothing more is written.
+    own = codec.decode_request(codec.encode_request(req_id="a" * 32, method="m", payload=b""))
+    assert codec.REQUEST_ID_OPTION not in own["options"]
+    assert codec.request_id_of(own["message_id"], own["options"]) == "a" * 32
+    # A call made while serving a request carries that request's id.
+    child = codec.decode_request(codec.encode_request(req_id="b" * 32, method="m", payload=b"",
+                                                      request_id="client-id-1"))
+    assert codec.request_id_of(child["message_id"], child["options"]) == "client-id-1"
+
+
+def test_is_error_reads_the_outcome_tag_sealed_or_not() -> None:
+    assert not codec.is_error(codec.encode_value(1))
+    assert codec.is_error(codec.encode_error(ValueError("x")))
+    codec.use_secret("s3cret")
+    try:
+        assert codec.is_error(codec.encode_error(ValueError("x")))
+        assert not codec.is_error(codec.encode_value(1))
+    finally:
+        codec.use_secret(None)
+    assert not codec.is_error(b"")  # a streamed call's outcome

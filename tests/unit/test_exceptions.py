@@ -43,9 +43,20 @@ def test_os_errors_and_type_only_fallbacks() -> None:
 def test_serve_errors_pickle_and_cancelled_is_asyncio_cancelled() -> None:
     import asyncio
 
-    err = pickle.loads(pickle.dumps(BackPressureError("full")))
-    assert str(err) == "full"
+    err = pickle.loads(pickle.dumps(BackPressureError(3, 2, 429, 7.5, "Retry later.")))
+    assert str(err) == err.message == ("Request dropped due to backpressure (num_queued_requests=3, "
+                                       "max_queued_requests=2). Retry later.")
+    assert (err.status_code, err.retry_after_s) == (429, 7.5)
     assert isinstance(RequestCancelledError("x"), asyncio.CancelledError)
+
+
+def test_a_backpressure_error_from_another_process_keeps_its_http_answer() -> None:
+    # Given a BackPressureError raised downstream, as a caller rebuilds it (with the traceback)
+    err = rebuild_remote_error(BackPressureError(1, 1, 429, 2.0), None, "", "", "Traceback ...")
+    # Then it is still one, its status and message intact, the traceback only in str()
+    assert isinstance(err, BackPressureError) and (err.status_code, err.retry_after_s) == (429, 2.0)
+    assert err.message.startswith("Request dropped due to backpressure") and "Traceback" not in err.message
+    assert "Traceback ..." in str(err)
 
 
 def test_every_public_exception_is_exported() -> None:

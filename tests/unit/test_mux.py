@@ -70,7 +70,9 @@ def send(r: redis.Redis, keys: Keys, raw: bytes, model: str = "") -> int:
     batch = scripts.Batch()
     req_id = codec.decode_request(raw)["message_id"]
     calls.enqueue(batch, keys, APP, DEP, req_id, raw, (), 60_000, model)
-    return int(batch.execute(r)[0])
+    reply = batch.execute(r)[0]
+    refused = calls.refusal(reply)
+    return int(reply) if refused is None else refused[0]
 
 
 def where(r: redis.Redis, keys: Keys, raw: bytes, replicas: tuple[str, ...] = ("r1", "r2", "r3")) -> str:
