@@ -5,6 +5,10 @@ object and method, filled by concurrent callers on the replica's event loop. A b
 handed to the method when it holds ``max_batch_size`` items, or ``batch_wait_timeout_s``
 after its first item arrived; at most ``max_concurrent_batches`` run at once.
 
+A batch holds requests for one multiplexed model: requests for several are split into a
+batch per model, run together, each seeing its model in
+``serve.get_multiplexed_model_id()`` (as in Ray Serve).
+
 Because batches fill from concurrent requests, a replica accepts
 ``max_batch_size * max_concurrent_batches`` requests at once for a deployment with a
 batch method, unless ``max_ongoing_requests`` was set explicitly (see ``replica.py``).
@@ -18,6 +22,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from .runtime import multiplex  # a module, not its ContextVar: call_one is pickled by value
+
 #: Ray Serve's defaults.
 DEFAULT_MAX_BATCH_SIZE = 10
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.01
@@ -25,6 +31,8 @@ DEFAULT_MAX_CONCURRENT_BATCHES = 1
 
 
 _function_queues: dict[tuple[str, int], _BatchQueue] = {}
+#: A caller's item, its future, and the multiplexed model of its request.
+_Item = tuple[Any, "asyncio.Future[Any]", str]
 
 
 def _queue_for(func: Callable[..., Any], owner: Any, loop: asyncio.AbstractEventLoop, *settings: Any) -> _BatchQueue:
@@ -48,7 +56,7 @@ class _BatchQueue:
         self.owner = owner
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
-        self.items: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
+        self.items: asyncio.Queue[_Item] = asyncio.Queue()
         self.slots = asyncio.Semaphore(max_concurrent_batches)
         self.loop = asyncio.get_running_loop()
         self.runner = self.loop.create_task(self._run())
@@ -59,7 +67,7 @@ class _BatchQueue:
             batch = await self._next_batch()
             self.loop.create_task(self._process(batch))
 
-    async def _next_batch(self) -> list[tuple[Any, asyncio.Future[Any]]]:
+    async def _next_batch(self) -> list[_Item]:
         batch = [await self.items.get()]
         deadline = self.loop.time() + self.timeout_s
         while len(batch) < self.max_batch_size:
@@ -77,9 +85,24 @@ class _BatchQueue:
                 break
         return batch
 
-    async def _process(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+    async def _process(self, batch: list[_Item]) -> None:
         try:
-            live = [(item, fut) for item, fut in batch if not fut.done()]  # cancelled callers drop out
+            by_model: dict[str, list[_Item]] = {}
+            for entry in batch:
+                by_model.setdefault(entry[2], []).append(entry)
+            if len(by_model) == 1:
+                await self._process_one(*next(iter(by_model.items())))
+            else:  # a task per model: each context says its own
+                await asyncio.gather(*(self._process_one(model, entries) for model, entries in by_model.items()))
+        finally:
+            self.slots.release()
+
+    async def _process_one(self, model: str, batch: list[_Item]) -> None:
+        """One batch of requests for ``model``, in a task of its own (whose context is set
+        to say the model)."""
+        multiplex.current_model.set(model)
+        try:
+            live = [(item, fut) for item, fut, _ in batch if not fut.done()]  # cancelled callers drop out
             if not live:
                 return
             items = [item for item, _ in live]
@@ -93,11 +116,9 @@ class _BatchQueue:
                 if not fut.done():
                     fut.set_result(result)
         except Exception as e:
-            for _, fut in batch:
+            for _, fut, _ in batch:
                 if not fut.done():
                     fut.set_exception(e)
-        finally:
-            self.slots.release()
 
 
 def batch(_func: Callable[..., Any] | None = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
@@ -143,7 +164,7 @@ def batch(_func: Callable[..., Any] | None = None, *, max_batch_size: int = DEFA
             queue = _queue_for(func, owner, loop, max_batch_size, float(batch_wait_timeout_s),
                                max_concurrent_batches)
             fut: asyncio.Future[Any] = loop.create_future()
-            queue.items.put_nowait((item, fut))
+            queue.items.put_nowait((item, fut, multiplex.current_model.get()))
             return await fut
 
         call_one._mq_batch_capacity = max_batch_size * max_concurrent_batches  # type: ignore[attr-defined]  # a function takes attributes; read back with getattr

@@ -22,6 +22,7 @@ from broker.keys import Keys
 from .context import _serve_request_context
 from .exceptions import ServeException, cancelled_error, rebuild_remote_error
 from .generator import DeploymentResponseGenerator
+from .multiplex import checked_model_id
 from .runtime import bridge
 from .runtime.caller import DETACHED, CallClient, get_client
 from .runtime.cancellation import children, current_request
@@ -47,7 +48,7 @@ class DeploymentHandle:
 
     def __init__(self, deployment_name: str, app_name: str = "default", *, _redis_url: str,
                  _namespace: str, _result_ttl_ms: int, _method_name: str = "__call__",
-                 _stream: bool = False) -> None:
+                 _stream: bool = False, _multiplexed_model_id: str = "") -> None:
         self._deployment_name = deployment_name
         self._app_name = app_name
         self._redis_url = _redis_url
@@ -55,6 +56,7 @@ class DeploymentHandle:
         self._result_ttl_ms = _result_ttl_ms
         self._method_name = _method_name
         self._stream = _stream
+        self._model = _multiplexed_model_id
         self._client: CallClient | None = None
 
     @property
@@ -69,7 +71,7 @@ class DeploymentHandle:
         return {"deployment_name": self._deployment_name, "app_name": self._app_name,
                 "_redis_url": self._redis_url, "_namespace": self._namespace,
                 "_result_ttl_ms": self._result_ttl_ms, "_method_name": self._method_name,
-                "_stream": self._stream}
+                "_stream": self._stream, "_multiplexed_model_id": self._model}
 
     def __reduce__(self) -> Any:
         return (_rebuild_handle, (self._kwargs(),))
@@ -81,12 +83,16 @@ class DeploymentHandle:
     def options(self, *, method_name: str | None = None, stream: bool | None = None,
                 multiplexed_model_id: str | None = None, use_new_handle_api: bool | None = None,
                 **_ignored: Any) -> DeploymentHandle:
-        """A copy of this handle with another method or streaming mode."""
+        """A copy of this handle with another method, streaming mode or multiplexed model
+        (the model its requests are for: they go to a replica holding it, see
+        ``serve.multiplexed``)."""
         kwargs = self._kwargs()
         if method_name is not None:
             kwargs["_method_name"] = method_name
         if stream is not None:
             kwargs["_stream"] = bool(stream)
+        if multiplexed_model_id is not None:
+            kwargs["_multiplexed_model_id"] = checked_model_id(multiplexed_model_id)
         return _rebuild_handle(kwargs)
 
     def __getattr__(self, name: str) -> DeploymentHandle:
@@ -111,16 +117,19 @@ class DeploymentHandle:
         request_id = None if parent is None else parent.request_id
         if self._stream:
             message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
-                                           refs=tuple(refs), stream=True, request_id=request_id)
+                                           refs=tuple(refs), stream=True, model=self._model,
+                                           request_id=request_id)
             future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
-                                   expect_reply=False)
+                                   expect_reply=False, model=self._model)
             generator = DeploymentResponseGenerator(client, self._deployment_name, req_id, future)
             if current_request.get() is not None:  # cancelled with the request making this call
                 children.adopt(generator._state.cancel)
             return generator  # type: ignore[return-value]  # stream=True; remote() is typed for the common case
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
-                                       refs=tuple(refs), reply_to=client.reply_inbox(), request_id=request_id)
-        future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs))
+                                       refs=tuple(refs), reply_to=client.reply_inbox(), model=self._model,
+                                       request_id=request_id)
+        future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
+                               model=self._model)
         response = DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future,
                                       tuple(refs))
         if current_request.get() is not None:  # cancelled with the request making this call

@@ -36,13 +36,14 @@ from .context import get_replica_context
 from .deployment import Application, Deployment
 from .exceptions import DeploymentUnavailableError
 from .handle import DeploymentHandle
+from .multiplex import get_multiplexed_model_id, multiplexed
 from .runtime import context as _ctx
 from .status import ServeStatus
 
 __all__ = [
     "deployment", "run", "start", "status", "delete", "shutdown", "ingress", "batch",
     "get_app_handle", "get_deployment_handle", "get_replica_context", "Application", "Deployment",
-    "context",
+    "context", "multiplexed", "get_multiplexed_model_id",
 ]
 
 _UNSET: Any = object()

@@ -112,6 +112,10 @@ class DeploymentStatusOverview:
     ongoing_requests: int = 0
     #: Replicas per worker (node id -> count).
     replicas_per_worker: dict[str, int] = field(default_factory=dict)
+    #: The models each replica holds (replica id -> model ids, named as Ray's replicas
+    #: report them), for the replicas of a ``@serve.multiplexed`` deployment holding any:
+    #: loaded, loading, or just sent requests for.
+    multiplexed_model_ids: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,6 +162,7 @@ def collect_status(registry: Registry) -> ServeStatus:
         configs = registry.deployment_configs(name, deps)
         records = registry.replica_sets(name, deps)
         load = registry.load(name, deps, {d: list(records[d]) for d in deps})
+        models = registry.models_held(rid for d in deps for rid in records[d])
         statuses = {}
         for dep in deps:
             if dep in configs:
@@ -169,6 +174,7 @@ def collect_status(registry: Registry) -> ServeStatus:
                 statuses[dep] = deployment_status(version, target, records[dep], load[dep],
                                                   tag=user_config_tag(config.get("user_config")),
                                                   scale=scale if scale and scale.get("version") == version else None)
+                statuses[dep].multiplexed_model_ids = {rid: models[rid] for rid in records[dep] if rid in models}
         status, message = application_status(statuses)
         out.applications[name] = ApplicationStatusOverview(
             status, message, float(record.get("last_deployed_time_s", 0.0)), statuses,

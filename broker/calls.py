@@ -56,14 +56,15 @@ class Transport:
 
 
 def enqueue(batch: scripts.Batch, keys: Keys, app: str, dep: str, req_id: str, message: bytes,
-            consumes: Sequence[str], ttl_ms: int) -> None:
+            consumes: Sequence[str], ttl_ms: int, model: str = "") -> None:
     """Queue a request (``enqueue.lua``: its reply is the queue length or a refusal, read
-    by :func:`refusal`)."""
-    args: list[Any] = [message, ttl_ms]
+    by :func:`refusal`). ``model``: its multiplexed model id, which routes it if the
+    deployment multiplexes."""
+    args: list[Any] = [message, ttl_ms, model, keys.ns]
     for ref in consumes:
         args += (keys.detached(ref), keys.result(ref))
     batch.script(scripts.ENQUEUE, (keys.deployment(app, dep), keys.queue(app, dep), keys.controller_wake,
-                                   keys.cancelled(req_id)), args)
+                                   keys.cancelled(req_id), keys.mux_members(app, dep)), args)
 
 
 def refusal(reply: Any) -> tuple[int, list[Any]] | None:
@@ -85,13 +86,14 @@ def cancel(batch: scripts.Batch, keys: Keys, app: str, dep: str, req_id: str, me
            held: bool) -> None:
     """Withdraw a queued request or flag a taken one (``cancel.lua``); ``held``: other
     calls read its result."""
-    batch.script(scripts.CANCEL, (keys.queue(app, dep), keys.cancelled(req_id), keys.result(req_id)),
-                 (message, ttl_ms, keys.cancellations, req_id, "1" if held else "0"))
+    batch.script(scripts.CANCEL, (keys.queue(app, dep), keys.cancelled(req_id), keys.result(req_id),
+                                  keys.mux_members(app, dep)),
+                 (message, ttl_ms, keys.cancellations, req_id, "1" if held else "0", keys.ns))
 
 
 def withdraw(batch: scripts.Batch, keys: Keys, app: str, dep: str, message: bytes) -> None:
     """Take back a request if no replica has taken it (replies 1 if it was still queued)."""
-    batch.command("lrem", keys.queue(app, dep), 1, message)
+    batch.script(scripts.WITHDRAW, (keys.queue(app, dep), keys.mux_members(app, dep)), (keys.ns, message))
 
 
 def settle(batch: scripts.Batch, keys: Keys, req_id: str, promised: str, reads: int, ttl_ms: int) -> None:

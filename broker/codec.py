@@ -106,12 +106,14 @@ def encode_request(
     reply_to: str = "",
     stream: bool = False,
     http: bool = False,
+    model: str = "",
     request_id: str | None = None,
 ) -> bytes:
     """The queued form of one call; ``reply_to`` is the caller's inbox key.
 
     ``stream``: the outcome goes to the request's stream (a generator call).
     ``http``: the payload is an HTTP request snapshot for the ingress (see gateway).
+    ``model``: the multiplexed model id (``options["multiplexed_model_id"]``, only if set).
     ``request_id``: the user-visible request id (``X-Request-Id``), shared by every call
     made while serving one request; only written when given, as a call that starts a
     request (from a driver, or the gateway without the header) uses its own id
@@ -122,6 +124,8 @@ def encode_request(
     """
     sent_at = clock.now()
     options: dict[str, Any] = {"reply_to": reply_to, "stream": stream, "http": http}
+    if model:
+        options["multiplexed_model_id"] = model
     if request_id is not None and request_id != req_id:
         options[REQUEST_ID_OPTION] = request_id
     return seal(pickle.dumps(

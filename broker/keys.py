@@ -48,8 +48,25 @@ class Keys:
         return f"{self.ns}:q:{app}:{dep}"
 
     def processing(self, replica_id: str) -> str:
-        """LIST of the messages a replica has taken and not yet answered."""
+        """LIST of the messages a replica has taken and not yet answered. ``mux.lua`` builds
+        the same name (a replica's load)."""
         return f"{self.ns}:proc:{replica_id}"
+
+    # Multiplexing (deployments with a @serve.multiplexed loader; see mux.lua) ------------
+    def mux_members(self, app: str, dep: str) -> str:
+        """HASH replica id -> capacity (its ``max_ongoing_requests``): the replicas of a
+        multiplexed deployment that requests are routed to (``enqueue.lua``)."""
+        return f"{self.ns}:mux:{app}:{dep}"
+
+    def own_queue(self, replica_id: str) -> str:
+        """LIST of the requests routed to one replica of a multiplexed deployment; it takes
+        from it before the deployment's queue. ``mux.lua`` builds the same name."""
+        return f"{self.ns}:rq:{replica_id}"
+
+    def models(self, replica_id: str) -> str:
+        """SET of the model ids a replica of a multiplexed deployment holds, is loading, or
+        was just sent requests for. ``mux.lua`` builds the same name."""
+        return f"{self.ns}:models:{replica_id}"
 
     def result(self, req_id: str) -> str:
         """STRING: a request's encoded outcome, the future's value (expires)."""

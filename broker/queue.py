@@ -8,6 +8,10 @@ list) until the outcome is written, so a dead replica's work can be found and re
 
 The consumer never holds more than ``prefetch`` unfinished messages; set it to the
 replica's concurrency so queued work stays in Redis where any idle replica can take it.
+
+A replica of a multiplexed deployment (``route``, see :mod:`broker.mux`) takes from its
+own queue, then from the deployment's, and blocks on its own queue, where requests for
+it are routed.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import dramatiq
 import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.errors import BrokerConnectionError
 
-from . import clock, codec, scripts
+from . import clock, codec, mux, scripts
 from .connection import connect
 from .keys import Keys
 
@@ -67,10 +71,11 @@ class ServeBroker(dramatiq.Broker):
       queue_key: the deployment's queue (LIST).
       processing_key: this replica's processing list.
       result_ttl_ms: lifetime of result keys.
+      route: the replica's place in its deployment's routing, if the deployment multiplexes.
     """
 
     def __init__(self, url: str, keys: Keys, *, queue_key: str, processing_key: str, result_ttl_ms: int,
-                 middleware: list[dramatiq.Middleware] | None = None) -> None:
+                 middleware: list[dramatiq.Middleware] | None = None, route: mux.Membership | None = None) -> None:
         super().__init__(middleware=middleware or [])
         self.url = url
         self.keys = keys
@@ -80,9 +85,12 @@ class ServeBroker(dramatiq.Broker):
         self.client = connect(url)
         self.queues: set[str] = set()
         self.draining = threading.Event()
+        self.route = route
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 1000) -> Consumer:
         self.consumer = _BlockingConsumer(self, prefetch=prefetch, timeout_ms=timeout)
+        if self.route is not None:
+            self.route.join(self.client)
         return self.consumer
 
     def drain(self, timeout_s: float, check_every_s: float) -> bool:
@@ -170,6 +178,7 @@ class _BlockingConsumer(Consumer):
         self.slots = threading.Condition()
         self.taken: deque[_Proxy] = deque()  # taken from Redis, not yet handed to Dramatiq
         self.busy = False  # the last fetch found work: try a batch next
+        self.looked = False  # (multiplexed) both queues were empty at the last look
 
     def __next__(self) -> MessageProxy | None:
         if self.taken and not self.broker.draining.is_set():
@@ -181,18 +190,7 @@ class _BlockingConsumer(Consumer):
                     return None
             free = self.prefetch - self.unfinished
         try:
-            if self.busy and free > 1 and self.unfinished > 1:
-                # Under load, take what is waiting in one round trip instead of one
-                # BLMOVE per message; when nothing waits, go back to blocking. With a
-                # single request in hand the load is sequential: skip the extra round
-                # trip, which would only compete with that request for the GIL.
-                raws = scripts.TAKE(self.conn, (self.broker.queue_key, self.broker.processing_key), (free,))
-                self.busy = bool(raws)
-            else:
-                raw = self.conn.blmove(self.broker.queue_key, self.broker.processing_key,
-                                       self.timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]  # redis-py types the timeout as int; Redis takes fractional seconds
-                raws = [raw] if raw is not None else []
-                self.busy = raw is not None
+            raws = self._fetch(free) if self.broker.route is None else self._fetch_routed(free)
         except redis.RedisError as e:
             raise BrokerConnectionError(str(e)) from e
         if raws and self.broker.draining.is_set():
@@ -206,6 +204,37 @@ class _BlockingConsumer(Consumer):
                 self.unfinished += 1
             self.taken.append(_Proxy(message, raw))
         return self.taken.popleft() if self.taken else None
+
+    def _fetch(self, free: int) -> list[bytes]:
+        if self.busy and free > 1 and self.unfinished > 1:
+            # Under load, take what is waiting in one round trip instead of one
+            # BLMOVE per message; when nothing waits, go back to blocking. With a
+            # single request in hand the load is sequential: skip the extra round
+            # trip, which would only compete with that request for the GIL.
+            raws: list[bytes] = scripts.TAKE(self.conn, (self.broker.processing_key, self.broker.queue_key), (free,))
+            self.busy = bool(raws)
+            return raws
+        raw = self.conn.blmove(self.broker.queue_key, self.broker.processing_key,
+                               self.timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]  # redis-py types the timeout as int; Redis takes fractional seconds
+        self.busy = raw is not None
+        return [cast(bytes, raw)] if raw is not None else []
+
+    def _fetch_routed(self, free: int) -> list[bytes]:
+        """A replica of a multiplexed deployment: its own queue, then the deployment's,
+        and only once both were empty, block on its own. Requests wait in the
+        deployment's queue only while every replica is full (``mux.lua``), so one that
+        has a free slot always looks there before it sleeps: none waits while it idles."""
+        route = self.broker.route
+        assert route is not None
+        if not self.looked:
+            raws: list[bytes] = scripts.TAKE(
+                self.conn, (self.broker.processing_key, route.own_queue, self.broker.queue_key), (free,))
+            self.looked = not raws
+            return raws
+        raw = self.conn.blmove(route.own_queue, self.broker.processing_key,
+                               self.timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]  # redis-py types the timeout as int; Redis takes fractional seconds
+        self.looked = False  # a request came, or a second passed: look at both again
+        return [cast(bytes, raw)] if raw is not None else []
 
     def _decode(self, raw: bytes) -> dramatiq.Message[Any] | None:
         try:
@@ -248,7 +277,7 @@ class _BlockingConsumer(Consumer):
     def wait_idle(self, timeout_s: float, check_every_s: float) -> bool:
         taken = list(self.taken)
         self.taken.clear()
-        if taken:
+        if taken or self.broker.route is not None:  # a multiplexed replica leaves its routing now
             self._put_back([m.raw for m in taken])
             self.release(len(taken))
         deadline = time.monotonic() + timeout_s
@@ -309,6 +338,11 @@ class _BlockingConsumer(Consumer):
             self.release(len(raws))
 
     def _put_back(self, raws: list[bytes]) -> None:
+        route = self.broker.route
+        if route is not None:  # routed again; a draining replica leaves its routing with them
+            mux.requeue(self.broker.client, self.broker.keys, route.app, route.deployment, route.replica_id, raws,
+                        leave=self.broker.draining.is_set())
+            return
         pipe = self.broker.client.pipeline()
         for raw in raws:
             pipe.lrem(self.broker.processing_key, 1, raw)  # type: ignore[arg-type]  # redis-py types the value as str; bytes are sent as is
@@ -319,5 +353,7 @@ class _BlockingConsumer(Consumer):
         try:
             self.requeue(list(self.taken))
             self.taken.clear()
+            if self.broker.route is not None and self.broker.draining.is_set():
+                self._put_back([])  # again: forget the models its last requests loaded
         finally:
             self.conn.close()

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import redis
 
-from . import clock, codec, epoch, scripts
+from . import clock, codec, epoch, mux, scripts
 from .cluster import ClusterRecords
 from .errors import RouteConflictError
 
@@ -93,12 +93,13 @@ class Registry(ClusterRecords):
         return json.loads(raw) if raw else None
 
     def deployment(self, app: str, dep: str) -> dict[str, Any] | None:
-        """``{"spec": bytes, "config": dict, "version": str}`` or None if not registered."""
+        """``{"spec": bytes, "config": dict, "version": str, "failed": bool, "multiplexed": bool}``
+        or None if not registered."""
         raw = cast("dict[bytes, bytes]", self.redis.hgetall(self.keys.deployment(app, dep)))
         if b"spec" not in raw:
             return None
         return {"spec": raw[b"spec"], "config": json.loads(raw[b"config"]), "version": raw[b"version"].decode(),
-                "failed": raw.get(b"state") == b"failed"}
+                "failed": raw.get(b"state") == b"failed", "multiplexed": raw.get(b"mux") == b"1"}
 
     def deployment_configs(self, app: str, deps: Iterable[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """name -> (version, config) for the registered ones among ``deps``."""
@@ -135,6 +136,8 @@ class Registry(ClusterRecords):
         record = self.app(name)
         if record is None:
             return 0
+        # Requests routed to its replicas' own queues (multiplexed deployments) fail too.
+        routed = [m for dep in record["deployments"] for m in mux.routed_away(self.redis, self.keys, name, dep)]
         pipe = self.redis.pipeline()
         pipe.hdel(self.keys.apps, name)
         pipe.hset(self.keys.deleting, name, json.dumps(record))
@@ -145,7 +148,7 @@ class Registry(ClusterRecords):
         pipe.lpush(self.keys.controller_wake, 1)
         pipe.publish(self.keys.events, json.dumps({"app": name, "state": "DELETED"}))
         results = pipe.execute()
-        queued = [m for res in results if isinstance(res, list) for m in res]
+        queued = [m for res in results if isinstance(res, list) for m in res] + routed
         self._fail_messages(queued, result_ttl_ms, error)
         return len(queued)
 
@@ -174,12 +177,14 @@ class Registry(ClusterRecords):
         """A replica died: the requests it had taken and not answered go back to the front
         of the queue if the deployment's ``max_request_retries`` allows another attempt
         (never streamed ones: their items may have been read), else fail with ``error``.
-        Returns (retried, failed)."""
+        It leaves its deployment's routing (if it multiplexes): the requests routed to it
+        and not taken go to other replicas. Returns (retried, failed)."""
         pipe = self.redis.pipeline()
         pipe.lrange(self.keys.processing(replica_id), 0, -1)
         pipe.delete(self.keys.processing(replica_id))
         taken = pipe.execute()[0]
         if not taken:
+            mux.requeue(self.redis, self.keys, app, dep, replica_id, [], leave=True)
             return 0, 0
         spec = self.deployment_configs(app, [dep]).get(dep)
         retries = int(spec[1].get("max_request_retries", 0)) if spec else 0
@@ -194,8 +199,7 @@ class Registry(ClusterRecords):
                 again.append(codec.retried_request(fields))
             else:
                 lost.append(raw)
-        if again:  # replicas take from the right: these run next
-            self.redis.rpush(self.keys.queue(app, dep), *reversed(again))
+        mux.requeue(self.redis, self.keys, app, dep, replica_id, again, leave=True)  # these run next
         self._fail_messages(lost, result_ttl_ms, error)
         return len(again), len(lost)
 
@@ -268,20 +272,33 @@ class Registry(ClusterRecords):
         return out
 
     def load(self, app: str, deps: Iterable[str], replica_ids: dict[str, list[str]]) -> dict[str, dict[str, int]]:
-        """Queue depth and in-flight count per deployment (in-flight from processing lists)."""
+        """Queue depth and in-flight count per deployment (in-flight from processing lists;
+        queued includes the requests routed to replicas' own queues, see :mod:`broker.mux`)."""
         deps = list(deps)
         pipe = self.redis.pipeline(transaction=False)
         for dep in deps:
             pipe.llen(self.keys.queue(app, dep))
             for rid in replica_ids.get(dep, []):
                 pipe.llen(self.keys.processing(rid))
+                pipe.llen(self.keys.own_queue(rid))
         results = iter(pipe.execute())
         out = {}
         for dep in deps:
-            depth = next(results)
-            ongoing = sum(next(results) for _ in replica_ids.get(dep, []))
+            depth, ongoing = next(results), 0
+            for _ in replica_ids.get(dep, []):
+                ongoing += next(results)
+                depth += next(results)
             out[dep] = {"queued": depth, "ongoing": ongoing}
         return out
+
+    def leave_routing(self, app: str, dep: str, replica_id: str) -> None:
+        """A replica that never served is gone: forget the models it held (a constructor
+        may load some); see :mod:`broker.mux`."""
+        mux.requeue(self.redis, self.keys, app, dep, replica_id, [], leave=True)
+
+    def models_held(self, replica_ids: Iterable[str]) -> dict[str, list[str]]:
+        """The models each replica of a multiplexed deployment holds (see :mod:`broker.mux`)."""
+        return mux.models_held(self.redis, self.keys, replica_ids)
 
     # Members that died ---------------------------------------------------------------------
     def bury_node(self, node_id: str, result_ttl_ms: int, error: BaseException) -> list[str]:

@@ -17,12 +17,27 @@ from redis.commands.core import CoreCommands
 from redis.exceptions import NoScriptError
 
 
-class Script:
-    """One Lua file; call it on a client, or queue it on a pipeline."""
+def _lua(name: str) -> str:
+    return resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
 
-    def __init__(self, name: str) -> None:
+
+class Script:
+    """One Lua file; call it on a client, or queue it on a pipeline.
+
+    ``uses`` names Lua files of shared functions (``mux.lua``), each put in place of its
+    marker line (``--@mux``) in the script: Redis has no ``require``, and one copy of the
+    routing rules is safer than one per script. Where the marker stands matters, as Lua
+    creates the functions each time it passes there: ``enqueue.lua`` has it in the branch
+    of multiplexed deployments only, so other requests do not pay for them."""
+
+    def __init__(self, name: str, *, uses: Sequence[str] = ()) -> None:
         self.name = name
-        self.source = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
+        self.source = _lua(name)
+        for lib in uses:
+            marker = f"--@{lib}\n"
+            if marker not in self.source:
+                raise ValueError(f"lua/{name}.lua uses {lib}.lua but has no '--@{lib}' line to put it in")
+            self.source = self.source.replace(marker, _lua(lib), 1)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -37,16 +52,18 @@ class Script:
         pipe.evalsha(self.sha, len(keys), *keys, *args)
 
 
-ENQUEUE = Script("enqueue")
+ENQUEUE = Script("enqueue", uses=("mux",))
 COMPLETE = Script("complete")
 WATCH = Script("watch")
-CANCEL = Script("cancel")
+CANCEL = Script("cancel", uses=("mux",))
+WITHDRAW = Script("withdraw", uses=("mux",))
+REQUEUE = Script("requeue", uses=("mux",))
 SETTLE = Script("settle")
 LEAD = Script("lead")
 RESIGN = Script("resign")
 TAKE = Script("take")
 RERANK = Script("rerank")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, SETTLE, LEAD, RESIGN, TAKE, RERANK)
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, WITHDRAW, REQUEUE, SETTLE, LEAD, RESIGN, TAKE, RERANK)
 
 
 def complete(batch: Batch, keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,

@@ -27,6 +27,7 @@ from starlette.routing import Route as StarletteRoute
 
 from actors.config import DEFAULT_MAX_BODY_BYTES
 from actors.exceptions import BackPressureError, DeploymentUnavailableError
+from actors.multiplex import model_id_from_headers
 from actors.runtime import bridge
 from actors.runtime.caller import CallClient, get_client
 from actors.runtime.controller import MEMBER_TTL_MS, ControllerLoop
@@ -166,9 +167,11 @@ class Gateway:
         }
         # Only plain values: the replica unpickles this, the gateway never unpickles client data.
         payload = pickle.dumps(((snapshot,), {}), protocol=pickle.HIGHEST_PROTOCOL)
+        model = model_id_from_headers(snapshot["headers"])  # routes it, as a handle's multiplexed_model_id
         message = codec.encode_request(req_id=req_id, method="__call__", payload=payload,
-                                       reply_to=self.client.reply_inbox(), http=True, request_id=request_id)
-        future = self.client.submit(route.app, route.ingress, req_id, message)
+                                       reply_to=self.client.reply_inbox(), http=True, model=model,
+                                       request_id=request_id)
+        future = self.client.submit(route.app, route.ingress, req_id, message, model=model)
         client = ClientWatch(receive, self.timeout_s)
         try:
             reply = bridge.follow(future)

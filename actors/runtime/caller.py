@@ -83,18 +83,19 @@ class CallClient:
         return self.inbox if loop is None else self._channel(loop).inbox
 
     def submit(self, app: str, dep: str, req_id: str, message: bytes,
-               consumes: tuple[str, ...] = (), *, expect_reply: bool = True) -> Future[bytes]:
+               consumes: tuple[str, ...] = (), *, expect_reply: bool = True, model: str = "") -> Future[bytes]:
         """Queue ``message`` for deployment ``app/dep``; the future gets its outcome bytes.
 
         ``consumes`` are ids of responses passed as arguments (see :meth:`pass_on`):
         their values will go to their result keys only, and their own futures resolve
         to :data:`DETACHED`. Without ``expect_reply`` (streamed calls) the future
-        resolves once the request is queued.
+        resolves once the request is queued. ``model``: its multiplexed model id, by which
+        a multiplexing deployment routes it.
         """
         fut: Future[bytes] = Future()
 
         def add(batch: scripts.Batch) -> None:
-            calls.enqueue(batch, self.keys, app, dep, req_id, message, consumes, self.result_ttl_ms)
+            calls.enqueue(batch, self.keys, app, dep, req_id, message, consumes, self.result_ttl_ms, model)
 
         def done(res: Any) -> None:
             if isinstance(res, Exception):

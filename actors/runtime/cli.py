@@ -226,7 +226,7 @@ def format_status(status: Any) -> str:
             first = False
         if app.message:
             messages.append(f"{name}: {app.message}")
-    lines = _table(rows) if len(rows) > 1 else ["No applications."]
+    lines = (_table(rows) if len(rows) > 1 else ["No applications."]) + _models_table(status)
     workers = [["WORKER", "HOST", "PID", "REPLICAS", "LAST SEEN"]]
     for wid, rec in sorted(status.workers.items()):
         cap = rec.get("max_replicas")
@@ -241,6 +241,16 @@ def format_status(status: Any) -> str:
         gateways.append([gid + mark, f"{rec.get('host')}:{rec.get('port')}", str(rec.get("pid", ""))])
     lines += [""] + (_table(gateways) if len(gateways) > 1 else ["No gateways."])
     return "\n".join(lines + ([""] + messages if messages else []))
+
+
+def _models_table(status: Any) -> list[str]:
+    """The models each replica of a multiplexed deployment holds, if any does."""
+    rows = [["DEPLOYMENT", "REPLICA", "MULTIPLEXED MODELS"]]
+    for name, app in status.applications.items():
+        for dep_name, dep in app.deployments.items():
+            for rid, models in sorted(dep.multiplexed_model_ids.items()):
+                rows.append([f"{name}/{dep_name}", rid, ", ".join(models)])
+    return [""] + _table(rows) if len(rows) > 1 else []
 
 
 def _table(rows: list[list[str]]) -> list[str]:

@@ -137,6 +137,7 @@ class Node:
         record = self.registry.replicas(app, dep).get(rid, {})
         if record.get("state") == "DEPLOY_FAILED":
             self.registry.unassign(self.node_id, rid)  # keep the record: it says why
+            self.registry.leave_routing(app, dep, rid)  # models its constructor loaded
             return
         if proc.returncode not in (0, -signal.SIGTERM):
             logger.warning("replica %s exited with status %s", rid, proc.returncode)

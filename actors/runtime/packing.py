@@ -20,6 +20,7 @@ from broker import codec
 
 from ..deployment import DeploymentPlan
 from ..exceptions import UnpicklableDeploymentError
+from ..multiplex import uses_multiplexing
 
 
 def registry_fields(plan: DeploymentPlan, version: str) -> dict[str, Any]:
@@ -33,8 +34,11 @@ def registry_fields(plan: DeploymentPlan, version: str) -> dict[str, Any]:
         spec = codec.seal(codec.dumps((plan.func_or_class, plan.init_args, plan.init_kwargs, sources)))
     except Exception as e:
         raise _unpicklable(plan, e) from e
-    return {"spec": spec, "config": plan.config.to_json(), "version": version,
-            "max_queued": plan.config.max_queued_requests}
+    fields = {"spec": spec, "config": plan.config.to_json(), "version": version,
+              "max_queued": plan.config.max_queued_requests}
+    if uses_multiplexing(plan.func_or_class):
+        fields["mux"] = 1  # enqueue.lua routes its requests by model (broker/mux.py)
+    return fields
 
 
 def _unpicklable(plan: DeploymentPlan, error: Exception) -> UnpicklableDeploymentError:

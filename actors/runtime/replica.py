@@ -31,7 +31,7 @@ import redis
 from dramatiq.asyncio import EventLoopThread
 from dramatiq.middleware import CurrentMessage
 
-from broker import clock, codec
+from broker import clock, codec, mux
 from broker.connection import connect, connect_async
 from broker.keys import Keys
 from broker.queue import ServeBroker
@@ -39,7 +39,7 @@ from broker.registry import Registry
 
 from ..batching import batch_capacity
 from ..config import DEFAULT_LOG_LEVEL, DEFAULT_LOGS_DIR, DeploymentConfig, Settings, user_config_tag
-from . import bridge, http, identity
+from . import bridge, http, identity, multiplex
 from .caller import close_clients
 from .cancellation import Cancellations
 from .outcomes import OutcomeWriter
@@ -109,6 +109,7 @@ class Replica:
         self.app_record = self.registry.app(self.app)
         self.deployment_fields = self.registry.deployment_fields(self.app, self.deployment)
         clock.sync(self.registry.redis)  # before the first request: its age is judged in Redis's time
+        self.multiplexed = bool(spec["multiplexed"])  # its requests are routed by model (broker/mux.py)
         worker, broker = self._start_worker(config)
         self._record("RUNNING")
         threading.Thread(target=self._follow_events, name="mqserve-events", daemon=True).start()
@@ -134,6 +135,7 @@ class Replica:
             logger.warning("requests still running after graceful_shutdown_timeout_s=%s; stopping anyway",
                            config.graceful_shutdown_timeout_s)
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
+        self._unload_models(config.graceful_shutdown_timeout_s)
         self.outcomes.close()
         self._stop_ingress(config.graceful_shutdown_timeout_s)
         if self.access is not None:
@@ -206,7 +208,31 @@ class Replica:
             if self.app_record is not None:
                 self.registry.restore_app(self.app_record, self.deployment, self.deployment_fields)
             self._record("RUNNING")
+            self._restore_routing()
         return run_id
+
+    def _restore_routing(self) -> None:
+        """After a data loss: be routed to again, with the models held (multiplexing)."""
+        if self.broker.route is not None:
+            self.broker.route.join(self.registry.redis)
+        if self.loop_thread is not None:
+            bridge.submit(self.loop_thread.loop, multiplex.report_all()).result(timeout=10)
+
+    def _multiplex(self, broker: ServeBroker, concurrency: int) -> None:
+        """If the deployment has a ``@serve.multiplexed`` loader, be routed requests by
+        model (``broker/mux.py``), as many as ``concurrency`` at once."""
+        self.broker = broker
+        if self.multiplexed:
+            broker.route = mux.Membership(self.keys, self.app, self.deployment, self.replica_id, concurrency)
+
+    def _unload_models(self, timeout_s: float) -> None:
+        """Unload the models of ``@serve.multiplexed`` loaders (their ``__del__`` run), as
+        Ray Serve does when a replica stops."""
+        if self.loop_thread is not None:
+            try:
+                bridge.submit(self.loop_thread.loop, multiplex.unload_all()).result(timeout=timeout_s)
+            except Exception as e:
+                logger.warning("unloading the multiplexed models did not finish: %r", e)
 
     async def _watch_health(self, check: Callable[[], Any], config: DeploymentConfig) -> None:
         """Call ``check_health`` every period; after :data:`UNHEALTHY_AFTER` failures in a
@@ -248,6 +274,7 @@ class Replica:
         self.loop_thread = EventLoopThread(logging.getLogger("mqserve.replica.loop"))
         self.loop_thread.start(timeout=10)
         self.aio = connect_async(self.url)  # used on the loop only
+        multiplex.attach(mux.Holdings(self.aio, self.keys, self.replica_id))  # a constructor may load models
         if inspect.isclass(func_or_class):
             if inspect.iscoroutinefunction(func_or_class.__init__):
                 # An async constructor (Ray awaits it): build the object, then await its
@@ -304,6 +331,7 @@ class Replica:
         if not config.max_ongoing_requests_set:
             # Batches fill from concurrent requests: let enough in (ray#43288).
             concurrency = max(concurrency, batch_capacity(self.target))
+        self._multiplex(broker, concurrency)
         worker = dramatiq.Worker(broker, worker_threads=concurrency, worker_timeout=WORKER_TIMEOUT_MS)
         worker.queue_prefetch = concurrency  # never hold work an idle replica could take
         worker.start()

@@ -43,6 +43,7 @@ from . import bridge, http
 from .access import AccessLog
 from .caller import CallClient, get_client
 from .cancellation import Cancellations, children, current_request
+from .multiplex import current_model
 from .streaming import Sink, StreamWriter, drive
 
 logger = logging.getLogger("mqserve.replica")
@@ -97,13 +98,16 @@ class Requests:
         loop inherit both from this thread's context."""
         req_id = message.message_id
         options = message.options
-        request = _RequestContext("", codec.request_id_of(req_id, options), req_id, self.app, "",
+        model_id = options.get("multiplexed_model_id", "")
+        request = _RequestContext("", codec.request_id_of(req_id, options), req_id, self.app, model_id,
                                   bool(options.get("http")))
         started = time.perf_counter()
         token, context_token = current_request.set(req_id), _serve_request_context.set(request)
+        model = current_model.set(model_id)  # serve.get_multiplexed_model_id()
         try:
             outcome = self._run(message)
         finally:
+            current_model.reset(model)
             _serve_request_context.reset(context_token)
             current_request.reset(token)
         outcome.add_done_callback(lambda _: children.forget(req_id))

@@ -50,7 +50,7 @@ class FakeRedis:
         #: What each script (by name) or command answers: a value, an exception object
         #: (an error reply), or a function of the :class:`Command`.
         self.answers: dict[str, Any] = {"enqueue": 1, "watch": None, "cancel": 0, "settle": 0, "complete": 1,
-                                        "lrem": 0}
+                                        "lrem": 0, "withdraw": 0}
         #: Scripts whose pipeline fails as if the connection dropped, and those pipelines.
         self.severed: set[str] = set()
         self.lost: list[list[Command]] = []

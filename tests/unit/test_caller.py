@@ -47,7 +47,7 @@ def test_a_reply_resolves_its_future_and_its_result_key_goes(fake: FakeRedis, cl
     req_id, fut = submit(client)
     (enqueue,) = fake.sent("enqueue")
     assert enqueue.keys[:2] == (KEYS.deployment("app", "Dep"), KEYS.queue("app", "Dep"))
-    assert enqueue.args == (b"message", TTL_MS)
+    assert enqueue.args == (b"message", TTL_MS, "", KEYS.ns)  # no multiplexed model
     # When its reply comes
     reply(fake, client, req_id, b"outcome")
     # Then its future has the outcome, and nobody else reading it, its result key goes
@@ -62,7 +62,7 @@ def test_a_detached_reply_resolves_to_DETACHED_and_reading_it_is_a_promised_read
     req_id, fut = submit(client)
     assert client.pass_on(req_id, fut) is None
     consumer, _ = submit(client, consumes=(req_id,))
-    assert fake.sent("enqueue")[-1].args[2:] == (KEYS.detached(req_id), KEYS.result(req_id))
+    assert fake.sent("enqueue")[-1].args[4:] == (KEYS.detached(req_id), KEYS.result(req_id))
     # When the reply comes without the value (it went to the result key only)
     reply(fake, client, req_id)
     # Then the caller's future says so, and reading the key counts as one more read
@@ -190,8 +190,9 @@ def test_cancel_stops_waiting_and_fails_the_calls_it_was_passed_to(fake: FakeRed
     client.cancel("app", "Dep", req_id, b"message")
     # Then the cancellation says other calls read its result, and writes the error for them
     (cancel,) = fake.sent("cancel")
-    assert cancel.keys == (KEYS.queue("app", "Dep"), KEYS.cancelled(req_id), KEYS.result(req_id))
-    assert cancel.args[3:] == (req_id, "1")
+    assert cancel.keys == (KEYS.queue("app", "Dep"), KEYS.cancelled(req_id), KEYS.result(req_id),
+                           KEYS.mux_members("app", "Dep"))
+    assert cancel.args[3:] == (req_id, "1", KEYS.ns)
     (complete,) = fake.sent("complete")
     assert complete.keys[0] == KEYS.result(req_id)
     ok, error = codec.decode_outcome(complete.args[1])
@@ -213,9 +214,11 @@ def test_cancel_of_a_request_not_passed_on_forgets_it(fake: FakeRedis, client: C
 
 def test_withdraw_fails_a_request_no_replica_took(fake: FakeRedis, client: CallClient) -> None:
     req_id, fut = submit(client)
-    fake.answers["lrem"] = 1
+    fake.answers["withdraw"] = 1
     client.withdraw("app", "Dep", req_id, b"message")
-    assert fake.sent("lrem")[0].args == (KEYS.queue("app", "Dep"), 1, b"message")
+    (withdraw,) = fake.sent("withdraw")
+    assert withdraw.keys == (KEYS.queue("app", "Dep"), KEYS.mux_members("app", "Dep"))
+    assert withdraw.args == (KEYS.ns, b"message")
     with pytest.raises(RequestCancelledError, match="withdrawn"):
         fut.result(timeout=5)
     assert not client._pending

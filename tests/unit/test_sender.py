@@ -49,7 +49,7 @@ def test_a_call_on_an_event_loop_is_written_before_remote_returns(fake: FakeRedi
         req_id, fut = submit(client)
         # Then it was written on the line before submit returned: no step of the loop ran
         (enqueue,) = line.written[-1]
-        assert (enqueue.name, enqueue.args) == ("enqueue", (b"message", TTL_MS))
+        assert (enqueue.name, enqueue.args) == ("enqueue", (b"message", TTL_MS, "", KEYS.ns))
         assert len(fake.sent("enqueue")) == 1  # and nowhere else
         # And its reply still resolves on the loop
         fake.lpush(client.reply_inbox(), req_id.encode() + b"outcome")
