@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,27 +21,14 @@ from actors import serve
 from actors.config import LoggingConfig
 from actors.exceptions import RayServeException
 from actors.handle import DeploymentHandle
-from tests.cluster import free_port, poll
-from tests.procs import wait_until_gone
+from tests.cluster import poll, serve_in
 
 
 @pytest.fixture(scope="module")
-def local() -> Iterator[int]:
+def local(redis_url: str) -> Iterator[int]:
     """serve in local mode, in a namespace of its own; yields the gateway's port."""
-    marker = f"ctx{uuid.uuid4().hex[:8]}"
-    saved = dict(os.environ)
-    os.environ["MQSERVE_NAMESPACE"] = marker
-    os.environ.pop("MQSERVE_REDIS_URL", None)
-    port = free_port()
-    os.environ["MQSERVE_HTTP_PORT"] = str(port)
-    try:
-        serve.start()
-        yield port
-    finally:
-        serve.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
-        assert wait_until_gone(marker) == [], "processes left behind"
+    with serve_in("local", redis_url, prefix="ctx"):
+        yield int(os.environ["MQSERVE_HTTP_PORT"])
 
 
 def _request_context() -> dict[str, str]:
