@@ -106,6 +106,7 @@ def encode_request(
     reply_to: str = "",
     stream: bool = False,
     http: bool = False,
+    socket: bool = False,
     model: str = "",
     request_id: str | None = None,
 ) -> bytes:
@@ -113,6 +114,7 @@ def encode_request(
 
     ``stream``: the outcome goes to the request's stream (a generator call).
     ``http``: the payload is an HTTP request snapshot for the ingress (see gateway).
+    ``socket``: ... of a WebSocket connection (``broker.sockets``), never run twice.
     ``model``: the multiplexed model id (``options["multiplexed_model_id"]``, only if set).
     ``request_id``: the user-visible request id (``X-Request-Id``), shared by every call
     made while serving one request; only written when given, as a call that starts a
@@ -124,6 +126,8 @@ def encode_request(
     """
     sent_at = clock.now()
     options: dict[str, Any] = {"reply_to": reply_to, "stream": stream, "http": http}
+    if socket:
+        options["socket"] = True
     if model:
         options["multiplexed_model_id"] = model
     if request_id is not None and request_id != req_id:

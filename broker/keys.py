@@ -101,6 +101,13 @@ class Keys:
         (error outcome), ``end``; expires, deleted by the reader at the end."""
         return f"{self.ns}:stream:{req_id}"
 
+    def socket(self, conn_id: str, direction: str) -> str:
+        """STREAM of one direction of a WebSocket connection: ``in`` (client to app,
+        written by the gateway) or ``out`` (app to client, written by the replica); each
+        entry one ASGI message (``broker.sockets``). Expires, deleted when the connection
+        ends."""
+        return f"{self.ns}:ws:{conn_id}:{direction}"
+
     def cancelled(self, req_id: str) -> str:
         """STRING set when a caller cancels a request that a replica already took."""
         return f"{self.ns}:cancel:{req_id}"

@@ -176,7 +176,8 @@ class Registry(ClusterRecords):
                            error: BaseException) -> tuple[int, int]:
         """A replica died: the requests it had taken and not answered go back to the front
         of the queue if the deployment's ``max_request_retries`` allows another attempt
-        (never streamed ones: their items may have been read), else fail with ``error``.
+        (never streamed ones or WebSockets: their items may have been read), else fail
+        with ``error``.
         It leaves its deployment's routing (if it multiplexes): the requests routed to it
         and not taken go to other replicas. Returns (retried, failed)."""
         pipe = self.redis.pipeline()
@@ -195,7 +196,8 @@ class Registry(ClusterRecords):
             except Exception:
                 continue  # not ours (or forged): nobody to answer
             options = fields["options"]
-            if spec and not options.get("stream") and int(options.get("attempt", 0)) < retries:
+            once = options.get("stream") or options.get("socket")
+            if spec and not once and int(options.get("attempt", 0)) < retries:
                 again.append(codec.retried_request(fields))
             else:
                 lost.append(raw)

@@ -80,17 +80,18 @@ class StreamSink:
 
 
 class Cursor:
-    """Where a reader is in one response's stream. It sends nothing itself, so that the
-    thread and the event-loop readers share it: pass :meth:`xread_args` to XREAD on
-    either client, and its reply to :meth:`entries`."""
+    """Where a reader is in one stream (a response's, or a WebSocket direction's). It
+    sends nothing itself, so that the thread and the event-loop readers share it: pass
+    :meth:`xread_args` to XREAD on either client, and its reply to :meth:`entries`."""
 
-    def __init__(self, keys: Keys, req_id: str) -> None:
-        self.key = keys.stream(req_id)
+    def __init__(self, key: str) -> None:
+        self.key = key
         self.last: str | bytes = "0-0"  # then the id of the last entry read
 
-    def xread_args(self) -> dict[str, Any]:
-        """The next XREAD: entries after the last one read, blocking up to READ_BLOCK_MS."""
-        return {"streams": {self.key: self.last}, "count": READ_COUNT, "block": READ_BLOCK_MS}
+    def xread_args(self, block_ms: int | None = READ_BLOCK_MS) -> dict[str, Any]:
+        """The next XREAD: entries after the last one read, blocking up to ``block_ms``
+        (None: not at all)."""
+        return {"streams": {self.key: self.last}, "count": READ_COUNT, "block": block_ms}
 
     def entries(self, response: Any) -> list[dict[bytes, bytes]]:
         """The entries (field dicts) of an XREAD reply, in order; the next read starts after them."""

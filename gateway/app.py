@@ -33,11 +33,11 @@ from actors.runtime.caller import CallClient, get_client
 from actors.runtime.controller import MEMBER_TTL_MS, ControllerLoop
 from actors.status import collect_status
 from broker import codec, streams
-from broker.connection import connect
+from broker.connection import connect, connect_async
 from broker.keys import Keys
 from broker.registry import Registry
 
-from . import failures
+from . import failures, websocket
 from .failures import CLIENT_CLOSED_REQUEST, Answer, ResponseAborted
 from .metrics import Metrics
 from .routing import Route, RouteTable
@@ -76,6 +76,7 @@ class Gateway:
         self.ready = False
         self.metrics = Metrics()
         self.client: CallClient | None = None
+        self.aio: Any = None  # a redis.asyncio client on the server's loop (WebSocket streams)
         self.stopped = threading.Event()
 
     # Routes ----------------------------------------------------------------------------
@@ -94,6 +95,7 @@ class Gateway:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.client = get_client(self.url, self.keys, result_ttl_ms=self.result_ttl_ms)
+        self.aio = connect_async(self.url, client_name=self.gateway_id)
         await self.reload()
         threading.Thread(target=self._watch_events, args=(asyncio.get_running_loop(),), daemon=True).start()
         # Any gateway may run the controller, so a cluster whose workers all died recovers
@@ -110,6 +112,7 @@ class Gateway:
             await bridge.run_sync(self.registry.remove_gateway, self.gateway_id)
         except Exception:
             pass  # Redis may be gone already
+        await self.aio.aclose()
 
     # Endpoints ----------------------------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
@@ -128,14 +131,18 @@ class Gateway:
                 for app, overview in status.applications.items() for name, dep in overview.deployments.items()]
         return PlainTextResponse(self.metrics.render(rows), media_type="text/plain; version=0.0.4")
 
-    # The request path: raw ASGI, as the hot path skips Starlette's request/response objects.
-    async def proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start = time.monotonic()
-        path = scope["path"]
+    async def _route(self, path: str) -> Route | None:
         route = self.routes.match(path)
         if route is None:
             await self.reload()  # an app may have just been deployed
             route = self.routes.match(path)
+        return route
+
+    # The request path: raw ASGI, as the hot path skips Starlette's request/response objects.
+    async def proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.monotonic()
+        path = scope["path"]
+        route = await self._route(path)
         if route is None:
             await _send(send, Answer(404, f"Path '{path}' not found. Ping http://.../-/routes for available routes."))
             return
@@ -148,10 +155,22 @@ class Gateway:
         finally:
             self.metrics.observe(route.app, route.ingress, status, time.monotonic() - start)
 
+    async def socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket connection: relayed to its app's ingress (``gateway.websocket``)."""
+        start = time.monotonic()
+        route = await self._route(scope["path"])
+        if route is None:
+            await websocket.deny(scope, send, Answer(404, f"Path '{scope['path']}' not found."))
+            return
+        status = 500
+        try:
+            status = await websocket.relay(self, scope, receive, send, route)
+        finally:
+            self.metrics.observe(route.app, route.ingress, status, time.monotonic() - start)
+
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: Route) -> int:
         assert self.client is not None
-        req_id = codec.new_request_id()
-        headers, request_id = _with_request_id(scope, req_id)
+        req_id, headers, request_id = self.identify(scope)
         send = _answering_with(send, request_id)
         body = await self._body(scope, receive)
         if body is _DISCONNECTED:  # the client left mid-body: never run a truncated request
@@ -159,18 +178,7 @@ class Gateway:
         if body is None:
             return await _send(send, Answer(413, f"Request body larger than {self.max_body_bytes} bytes "
                                                  "(MQSERVE_MAX_BODY_BYTES)."))
-        snapshot = {
-            "method": scope["method"], "path": scope["path"], "root_path": route.root_path,
-            "query_string": scope.get("query_string", b""), "headers": headers,
-            "http_version": scope.get("http_version", "1.1"), "scheme": scope.get("scheme", "http"),
-            "server": scope.get("server"), "client": scope.get("client"), "body": body,
-        }
-        # Only plain values: the replica unpickles this, the gateway never unpickles client data.
-        payload = pickle.dumps(((snapshot,), {}), protocol=pickle.HIGHEST_PROTOCOL)
-        model = model_id_from_headers(snapshot["headers"])  # routes it, as a handle's multiplexed_model_id
-        message = codec.encode_request(req_id=req_id, method="__call__", payload=payload,
-                                       reply_to=self.client.reply_inbox(), http=True, model=model,
-                                       request_id=request_id)
+        message, model = self.message(scope, route, req_id, headers, request_id, method=scope["method"], body=body)
         future = self.client.submit(route.app, route.ingress, req_id, message, model=model)
         client = ClientWatch(receive, self.timeout_s)
         try:
@@ -200,6 +208,30 @@ class Gateway:
             return int(status)
         finally:
             client.close()
+
+    @staticmethod
+    def identify(scope: Scope) -> tuple[str, list[tuple[bytes, bytes]], str]:
+        """A new request's (or connection's) id, its headers and its user-visible id."""
+        req_id = codec.new_request_id()
+        return (req_id, *_with_request_id(scope, req_id))
+
+    def message(self, scope: Scope, route: Route, req_id: str, headers: list[tuple[bytes, bytes]], request_id: str,
+                **fields: Any) -> tuple[bytes, str]:
+        """The queued message of a request (``fields``: its method and body) or of a
+        WebSocket connection (its subprotocols), and its multiplexed model id."""
+        assert self.client is not None
+        snapshot = {
+            "path": scope["path"], "root_path": route.root_path, "query_string": scope.get("query_string", b""),
+            "headers": headers, "http_version": scope.get("http_version", "1.1"),
+            "scheme": scope.get("scheme", "http"), "server": scope.get("server"), "client": scope.get("client"),
+            **fields,
+        }
+        # Only plain values: the replica unpickles this, the gateway never unpickles client data.
+        payload = pickle.dumps(((snapshot,), {}), protocol=pickle.HIGHEST_PROTOCOL)
+        model = model_id_from_headers(headers)  # routes it, as a handle's multiplexed_model_id
+        return codec.encode_request(req_id=req_id, method="__call__", payload=payload,
+                                    reply_to=self.client.reply_inbox(), http=True, socket=scope["type"] == "websocket",
+                                    model=model, request_id=request_id), model
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
         for name, value in scope.get("headers", ()):
@@ -295,8 +327,12 @@ class _GatewayApp:
         self.state = admin.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not (scope["path"].startswith("/-/") or scope["path"] == "/metrics"):
+        path = scope.get("path", "")  # a lifespan scope has none
+        ours = path.startswith("/-/") or path == "/metrics"
+        if scope["type"] == "http" and not ours:
             await self.gateway.proxy(scope, receive, send)
+        elif scope["type"] == "websocket" and not ours:
+            await self.gateway.socket(scope, receive, send)
         else:
             await self.admin(scope, receive, send)
 

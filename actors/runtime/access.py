@@ -3,7 +3,8 @@
 A handle call logs ``CALL {method} {OK|ERROR|CANCELLED} {ms}ms`` once its outcome is
 known; an HTTP request logs ``{METHOD} {route} {status} {ms}ms`` once its response is
 sent, ``route`` being the matched route of the ingress app (``/{name}`` for FastAPI's
-``@app.get("/{name}")``) under the application's route prefix, or the prefix alone.
+``@app.get("/{name}")``) under the application's route prefix, or the prefix alone; a
+WebSocket connection logs ``WS {route} {close code} {ms}ms`` once it closes.
 They go to the ``ray.serve`` logger with ``extra={"serve_access_log": True}``, so
 ``LoggingConfig(enable_access_log=False)`` drops them; then a replica builds no
 :class:`AccessLog` at all, and requests pay nothing for it.
@@ -83,16 +84,20 @@ class AccessLog:
             async def sent(message: MutableMapping[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     status[0] = message["status"]
+                elif message["type"] == "websocket.close":
+                    status[0] = message.get("code") or 1000
                 await send(message)
 
             try:
                 await app(scope, receive, sent)
+                if scope["type"] == "websocket" and status[0] == 500:  # returned without closing
+                    status[0] = 1000
             except asyncio.CancelledError:
                 status[0] = CLIENT_CLOSED
                 raise
             finally:
                 request = _serve_request_context.get()  # the task's, set by the replica
-                self.line(scope["method"], route_of(scope), status[0], started, request)
+                self.line(scope.get("method", "WS"), route_of(scope), status[0], started, request)
 
         return logged
 

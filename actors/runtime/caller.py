@@ -182,14 +182,14 @@ class CallClient:
 
     def stream_entries(self, req_id: str, stopped: Callable[[], bool]) -> Iterator[dict[bytes, bytes]]:
         """Entries of a streamed response, from this thread (blocks in XREAD)."""
-        cursor = streams.Cursor(self.keys, req_id)
+        cursor = streams.Cursor(self.keys.stream(req_id))
         while not stopped():
             yield from cursor.entries(self._redis.xread(**cursor.xread_args()))
 
     async def stream_entries_async(self, req_id: str, stopped: Callable[[], bool]) -> AsyncIterator[dict[bytes, bytes]]:
         """Entries of a streamed response, on the running event loop."""
         conn = self._channel(asyncio.get_running_loop()).redis
-        cursor = streams.Cursor(self.keys, req_id)
+        cursor = streams.Cursor(self.keys.stream(req_id))
         while not stopped():
             for fields in cursor.entries(await conn.xread(**cursor.xread_args())):
                 yield fields

@@ -109,6 +109,9 @@ def call_as_asgi(method: Callable[..., Any]) -> ASGIApp:
     takes_request = bool(inspect.signature(method).parameters)
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":  # only an ASGI app (@serve.ingress) serves WebSockets
+            await send({"type": "websocket.close", "code": 1000, "reason": ""})  # refused: HTTP 403
+            return
         args = (Request(scope, receive),) if takes_request else ()
         if inspect.iscoroutinefunction(method):
             result = await method(*args)

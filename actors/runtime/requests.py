@@ -9,7 +9,8 @@ whatever the user code returns or raises becomes the outcome.
   on the worker thread, an async one on the replica's event loop (the thread is free
   again at once).
 - A streamed call drives its generator into the request's stream (``streaming``).
-- An HTTP request runs through the ingress on the loop (``http``).
+- An HTTP request runs through the ingress on the loop (``http``), and so does a
+  WebSocket connection, for its whole life (``websocket``).
 
 Requests cancelled before they start never run (``cancellation``).
 
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 
 import dramatiq
 
-from broker import codec
+from broker import codec, sockets
 from broker.keys import Keys
 from broker.queue import STREAMED
 from broker.streams import StreamSink
@@ -39,7 +40,7 @@ from broker.streams import StreamSink
 from ..context import _RequestContext, _serve_request_context
 from ..exceptions import RayServeException, RequestCancelledError
 from ..handle import load_call_args
-from . import bridge, http
+from . import bridge, http, websocket
 from .access import AccessLog
 from .caller import CallClient, get_client
 from .cancellation import Cancellations, children, current_request
@@ -62,6 +63,10 @@ class Transport(Protocol):
         """The client that reads the results a request's arguments are chained to."""
         ...
 
+    def socket(self, conn_id: str) -> sockets.Streams:
+        """The two streams of WebSocket connection ``conn_id``."""
+        ...
+
 
 class RedisTransport:
     """A replica's transport: its loop's asyncio connection and the process's caller client."""
@@ -72,6 +77,9 @@ class RedisTransport:
 
     def stream(self, req_id: str, inbox: str) -> StreamSink:
         return StreamSink(self.aio, self.keys, req_id, inbox=inbox, ttl_ms=self.result_ttl_ms)
+
+    def socket(self, conn_id: str) -> sockets.Streams:
+        return sockets.Streams(self.aio, self.keys, conn_id, ttl_ms=self.result_ttl_ms)
 
     def calls(self) -> CallClient:
         # Looked up per request, not kept: the process's client is created on first use
@@ -118,6 +126,8 @@ class Requests:
     def _run(self, message: dramatiq.Message[Any]) -> Outcome:
         method, payload, refs = message.args
         try:
+            if message.options.get("socket"):
+                return self._socket(message, payload)
             if message.options.get("http"):
                 return self._http(message, payload)
             if message.options.get("stream"):
@@ -153,11 +163,7 @@ class Requests:
     def _http(self, message: dramatiq.Message[Any], payload: bytes) -> Outcome:
         """An HTTP request from the gateway, run through the ingress on the event loop; a
         streamed response opens the request's stream when its first piece comes."""
-        (snapshot,), _ = codec.decode_args(payload)
-        request = _serve_request_context.get()
-        if request is not None:  # its route is the application's route prefix, as in Ray
-            _serve_request_context.set(_RequestContext(snapshot.get("root_path") or "/", request.request_id,
-                                                       request._internal_request_id, request.app_name, "", True))
+        snapshot = _http_snapshot(payload)
         task: list[concurrent.futures.Future[bytes]] = []
 
         def open_stream() -> StreamWriter:
@@ -167,6 +173,14 @@ class Requests:
 
         return self._on_loop(message.message_id, http.serve(self._asgi_app(), snapshot, open_stream),
                              lambda raw: raw, started=task.append)
+
+    def _socket(self, message: dramatiq.Message[Any], payload: bytes) -> Outcome:
+        """A WebSocket connection from the gateway, served by the ingress on the event
+        loop until it closes."""
+        streams = self.transport.socket(message.message_id)
+        served = websocket.serve(self._asgi_app(), _http_snapshot(payload), streams,
+                                 message.options.get("reply_to", ""))
+        return self._on_loop(message.message_id, served, lambda raw: raw)
 
     def _on_loop(self, req_id: str, coro: Coroutine[Any, Any, Any], encode: Callable[[Any], bytes], *,
                  started: Callable[[concurrent.futures.Future[Any]], None] | None = None) -> Outcome:
@@ -231,6 +245,17 @@ class Requests:
             if self.access is not None:
                 self._ingress = self.access.asgi(self._ingress)
         return self._ingress
+
+
+def _http_snapshot(payload: bytes) -> dict[str, Any]:
+    """The gateway's snapshot of an HTTP request (or WebSocket connection); its route in
+    the request context is the application's route prefix, as in Ray."""
+    (snapshot,), _ = codec.decode_args(payload)
+    request = _serve_request_context.get()
+    if request is not None:
+        _serve_request_context.set(_RequestContext(snapshot.get("root_path") or "/", request.request_id,
+                                                   request._internal_request_id, request.app_name, "", True))
+    return dict(snapshot)
 
 
 def _not_a_stream(method: str, result: Any) -> Any:
