@@ -20,6 +20,8 @@ import pickletools
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import BrokerError
+
 #: Items kept per container: enough to name the arguments, bounded for huge lists.
 _KEEP = 64
 
@@ -45,7 +47,7 @@ _SCALARS = {
 _SCALAR_OF = {name: kind for kind, names in _SCALARS.items() for name in names}
 
 
-class Unreadable(ValueError):
+class Unreadable(BrokerError, ValueError):
     """The pickle uses something this reader does not follow."""
 
 
