@@ -52,6 +52,14 @@ class Keys:
         the same name (a replica's load)."""
         return f"{self.ns}:proc:{replica_id}"
 
+    def counts(self, app: str, dep: str) -> str:
+        """HASH of a deployment's request tallies, fields ``expired`` (dropped unrun once
+        their deadline passed) and ``failed`` (background requests whose last attempt
+        failed), each an ``HINCRBY`` counter; absent fields are 0. Written on the request
+        path, read by ``mqserve queue`` (``broker.queues``): a count survives the requests
+        it counts, which a list could not show."""
+        return f"{self.ns}:counts:{app}:{dep}"
+
     # Multiplexing (deployments with a @serve.multiplexed loader; see mux.lua) ------------
     def mux_members(self, app: str, dep: str) -> str:
         """HASH replica id -> capacity (its ``max_ongoing_requests``): the replicas of a
