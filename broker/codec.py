@@ -38,6 +38,9 @@ REQUEST_QUEUE = "serve"
 REQUEST_ID_LEN = 32
 #: The message option holding the user-visible request id (when it is not the message id).
 REQUEST_ID_OPTION = "request_id"
+#: The message option holding the request's deadline (Redis time, ms), when it has one.
+DEADLINE_OPTION = "deadline_ms"
+
 
 logger = logging.getLogger("mqserve.codec")
 
@@ -109,6 +112,7 @@ def encode_request(
     socket: bool = False,
     model: str = "",
     request_id: str | None = None,
+    deadline_ms: int = 0,
 ) -> bytes:
     """The queued form of one call; ``reply_to`` is the caller's inbox key.
 
@@ -116,6 +120,7 @@ def encode_request(
     ``http``: the payload is an HTTP request snapshot for the ingress (see gateway).
     ``socket``: ... of a WebSocket connection (``broker.sockets``), never run twice.
     ``model``: the multiplexed model id (``options["multiplexed_model_id"]``, only if set).
+    ``deadline_ms``: when the request must be done by, in Redis's time (ms; 0: none).
     ``request_id``: the user-visible request id (``X-Request-Id``), shared by every call
     made while serving one request; only written when given, as a call that starts a
     request (from a driver, or the gateway without the header) uses its own id
@@ -130,6 +135,8 @@ def encode_request(
         options["socket"] = True
     if model:
         options["multiplexed_model_id"] = model
+    if deadline_ms:
+        options[DEADLINE_OPTION] = deadline_ms
     if request_id is not None and request_id != req_id:
         options[REQUEST_ID_OPTION] = request_id
     return seal(pickle.dumps(

@@ -38,6 +38,11 @@ class Keys:
         """HASH replica id -> JSON replica record (state, node, pid, message)."""
         return f"{self.ns}:replicas:{app}:{dep}"
 
+    def counts(self, app: str, dep: str) -> str:
+        """HASH event -> count of one deployment (``broker.counts``: ``expired``...);
+        deleted with its application."""
+        return f"{self.ns}:counts:{app}:{dep}"
+
     def replica_error(self, replica_id: str) -> str:
         """STRING: the pickled exception a replica's constructor raised (expires)."""
         return f"{self.ns}:replica-error:{replica_id}"
