@@ -38,11 +38,6 @@ class Keys:
         """HASH replica id -> JSON replica record (state, node, pid, message)."""
         return f"{self.ns}:replicas:{app}:{dep}"
 
-    def counts(self, app: str, dep: str) -> str:
-        """HASH event -> count of one deployment (``broker.counts``: ``expired``...);
-        deleted with its application."""
-        return f"{self.ns}:counts:{app}:{dep}"
-
     def replica_error(self, replica_id: str) -> str:
         """STRING: the pickled exception a replica's constructor raised (expires)."""
         return f"{self.ns}:replica-error:{replica_id}"
@@ -58,11 +53,12 @@ class Keys:
         return f"{self.ns}:proc:{replica_id}"
 
     def counts(self, app: str, dep: str) -> str:
-        """HASH of a deployment's request tallies, fields ``expired`` (dropped unrun once
-        their deadline passed) and ``failed`` (background requests whose last attempt
-        failed), each an ``HINCRBY`` counter; absent fields are 0. Written on the request
-        path, read by ``mqserve queue`` (``broker.queues``): a count survives the requests
-        it counts, which a list could not show."""
+        """HASH of a deployment's request tallies (``broker.counts``), fields ``expired``
+        (dropped unrun, or cancelled while running, once their deadline passed) and
+        ``failed`` (background requests whose last attempt failed), each an ``HINCRBY``
+        counter; absent fields are 0. Written on the request path only when it happens,
+        read by ``mqserve queue`` (``broker.queues``) and ``/metrics``: a count survives
+        the requests it counts, which a list could not show. Deleted with its app."""
         return f"{self.ns}:counts:{app}:{dep}"
 
     # Multiplexing (deployments with a @serve.multiplexed loader; see mux.lua) ------------
