@@ -123,9 +123,16 @@ class DeploymentHandle:
             _collecting.reset(token)
         parent = _serve_request_context.get()  # a call made while serving a request carries its id
         request_id = None if parent is None else parent.request_id
-        deadline_ms = 0 if parent is None else parent._deadline_ms  # and what is left of its deadline
-        if self._timeout_s is not None:
-            deadline_ms = clock.deadline_in(self._timeout_s, deadline_ms)
+        # The request carries the nearest of its own deadline and its parent's; its caller
+        # waits by its own only: the parent's is enforced from the top of the chain down
+        # (the parent's caller cancels it, and it cancels this call), as on Ray. A call
+        # made once the parent's deadline has passed (its cancellation's cleanup) does not
+        # inherit it: it would be dropped unrun.
+        own_ms = 0 if self._timeout_s is None else clock.deadline_in(self._timeout_s)
+        inherited_ms = 0 if parent is None else parent._deadline_ms
+        if inherited_ms and clock.seconds_left(inherited_ms) <= 0:
+            inherited_ms = 0
+        deadline_ms = min(own_ms, inherited_ms) if own_ms and inherited_ms else own_ms or inherited_ms
         if self._stream:
             message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                            refs=tuple(refs), stream=True, model=self._model,
@@ -142,7 +149,7 @@ class DeploymentHandle:
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
                                model=self._model)
         response = DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future,
-                                      tuple(refs), deadline_ms)
+                                      tuple(refs), own_ms)
         if current_request.get() is not None:  # cancelled with the request making this call
             children.adopt(response._cancel_call)
         return response
