@@ -48,7 +48,7 @@ class DeploymentHandle:
 
     def __init__(self, deployment_name: str, app_name: str = "default", *, _redis_url: str,
                  _namespace: str, _result_ttl_ms: int, _method_name: str = "__call__",
-                 _stream: bool = False, _multiplexed_model_id: str = "") -> None:
+                 _stream: bool = False, _multiplexed_model_id: str = "", _background: bool = False) -> None:
         self._deployment_name = deployment_name
         self._app_name = app_name
         self._redis_url = _redis_url
@@ -57,6 +57,7 @@ class DeploymentHandle:
         self._method_name = _method_name
         self._stream = _stream
         self._model = _multiplexed_model_id
+        self._background = _background
         self._client: CallClient | None = None
 
     @property
@@ -71,7 +72,7 @@ class DeploymentHandle:
         return {"deployment_name": self._deployment_name, "app_name": self._app_name,
                 "_redis_url": self._redis_url, "_namespace": self._namespace,
                 "_result_ttl_ms": self._result_ttl_ms, "_method_name": self._method_name,
-                "_stream": self._stream, "_multiplexed_model_id": self._model}
+                "_stream": self._stream, "_multiplexed_model_id": self._model, "_background": self._background}
 
     def __reduce__(self) -> Any:
         return (_rebuild_handle, (self._kwargs(),))
@@ -82,17 +83,24 @@ class DeploymentHandle:
 
     def options(self, *, method_name: str | None = None, stream: bool | None = None,
                 multiplexed_model_id: str | None = None, use_new_handle_api: bool | None = None,
-                **_ignored: Any) -> DeploymentHandle:
+                background: bool | None = None, **_ignored: Any) -> DeploymentHandle:
         """A copy of this handle with another method, streaming mode or multiplexed model
         (the model its requests are for: they go to a replica holding it, see
-        ``serve.multiplexed``)."""
+        ``serve.multiplexed``). ``background=True``: its requests run whether or not their
+        caller waits or lives, and their outcome is kept, readable from any process by
+        ``response.request_id`` (``serve.get_response``) for ``MQSERVE_BACKGROUND_TTL_S``."""
         kwargs = self._kwargs()
+        if background is not None:
+            kwargs["_background"] = bool(background)
         if method_name is not None:
             kwargs["_method_name"] = method_name
         if stream is not None:
             kwargs["_stream"] = bool(stream)
         if multiplexed_model_id is not None:
             kwargs["_multiplexed_model_id"] = checked_model_id(multiplexed_model_id)
+        if kwargs["_background"] and kwargs["_stream"]:
+            raise ServeException("A background request cannot stream: its outcome is stored whole. Call the "
+                                 "generator method without background=True, or return a list from another method.")
         return _rebuild_handle(kwargs)
 
     def __getattr__(self, name: str) -> DeploymentHandle:
@@ -115,6 +123,8 @@ class DeploymentHandle:
             _collecting.reset(token)
         parent = _serve_request_context.get()  # a call made while serving a request carries its id
         request_id = None if parent is None else parent.request_id
+        if self._background:
+            return self._send_background(client, req_id, payload, tuple(refs), request_id)
         if self._stream:
             message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                            refs=tuple(refs), stream=True, model=self._model,
@@ -135,6 +145,20 @@ class DeploymentHandle:
         if current_request.get() is not None:  # cancelled with the request making this call
             children.adopt(response._cancel_call)
         return response
+
+
+    def _send_background(self, client: CallClient, req_id: str, payload: bytes, refs: tuple[str, ...],
+                         request_id: str | None) -> DeploymentResponse:
+        """A background call (``actors.runtime.background``): no reply inbox, and not
+        cancelled with the request making it."""
+        from .runtime import background  # it builds on DeploymentResponse, defined below
+
+        ttl_ms = background.ttl_ms()
+        message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload, refs=refs,
+                                       model=self._model, request_id=request_id, background_ttl_ms=ttl_ms)
+        queued = background.submit(client, self._app_name, self._deployment_name, req_id, message, refs,
+                                   method=self._method_name, ttl_ms=ttl_ms, model=self._model)
+        return background.BackgroundResponse(client, self._app_name, self._deployment_name, req_id, queued)
 
 
 def _rebuild_handle(kwargs: dict[str, Any]) -> DeploymentHandle:

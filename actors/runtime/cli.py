@@ -1,5 +1,5 @@
 """The ``mqserve`` command: ``run``, ``deploy``, ``status``, ``delete``, ``shutdown``,
-``worker``, ``gateway``."""
+``requests``, ``worker``, ``gateway``."""
 
 from __future__ import annotations
 
@@ -275,6 +275,61 @@ def _shutdown(opts: argparse.Namespace) -> int:
     return 0
 
 
+def _requests(opts: argparse.Namespace) -> int:
+    """``mqserve requests ID`` (one background request's status record) and ``mqserve
+    requests --failed`` (those that failed and have not expired). Only the records'
+    plain fields are read: no result or argument is unpickled here."""
+    from broker import background
+
+    registry = _registry(opts)
+    if opts.failed == bool(opts.request_id):
+        raise CLIError("Give a request id (mqserve requests ID) or --failed, not both.")
+    if opts.request_id:
+        record = background.record(registry.redis, registry.keys, opts.request_id)
+        if record is None:
+            raise CLIError(f"No background request '{opts.request_id}': unknown, or expired "
+                           "(MQSERVE_BACKGROUND_TTL_S after it ended).")
+        print(json.dumps({"id": opts.request_id, **record}, indent=2) if opts.json
+              else format_request(opts.request_id, record))
+        return 0
+    failed = background.failed(registry.redis, registry.keys)
+    if opts.json:
+        print(json.dumps([{"id": req_id, **record} for req_id, record in failed], indent=2))
+        return 0
+    rows = [["REQUEST", "APPLICATION", "DEPLOYMENT", "METHOD", "ENDED", "ATTEMPTS", "ERROR"]]
+    for req_id, rec in failed:
+        rows.append([req_id, rec.get("app", ""), rec.get("deployment", ""), rec.get("method", ""),
+                     _when(rec.get("ended")), rec.get("attempts", ""), _error(rec)])
+    print("\n".join(_table(rows)) if len(rows) > 1 else "No failed background requests.")
+    return 0
+
+
+def format_request(req_id: str, record: dict[str, str]) -> str:
+    """One background request's record, one field a line."""
+    lines = [("request", req_id), ("status", record.get("status", "")),
+             ("application", record.get("app", "")), ("deployment", record.get("deployment", "")),
+             ("method", record.get("method", "")), ("attempts", record.get("attempts", "")),
+             ("created", _when(record.get("created"))), ("started", _when(record.get("started"))),
+             ("ended", _when(record.get("ended")))]
+    if record.get("error_type"):
+        lines.append(("error", _error(record)))
+    return "\n".join(f"{name + ':':<13}{value}" for name, value in lines)
+
+
+def _when(ms: str | None) -> str:
+    """A record's time (Redis's clock, ms) in UTC, or '-'."""
+    import datetime
+
+    if not ms:
+        return "-"
+    return datetime.datetime.fromtimestamp(int(ms) / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _error(record: dict[str, str]) -> str:
+    kind = record.get("error_type", "").rsplit(".", 1)[-1]
+    return f"{kind}: {record.get('error', '')}" if record.get("error") else kind
+
+
 def _worker(opts: argparse.Namespace) -> int:
     from .node import main as node_main
 
@@ -315,13 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     delete.set_defaults(fn=_delete)
     shutdown = sub.add_parser("shutdown", help="delete every application (workers keep running)")
     shutdown.set_defaults(fn=_shutdown)
+    requests = sub.add_parser("requests", help="show a background request's status, or those that failed")
+    requests.add_argument("request_id", metavar="ID", nargs="?", help="a background request's id")
+    requests.add_argument("--failed", action="store_true", help="list background requests that failed")
+    requests.add_argument("--json", action="store_true")
+    requests.set_defaults(fn=_requests)
     worker = sub.add_parser("worker", help="run a node that hosts replicas")
     worker.add_argument("--name", default=None, help="worker id (default: host name and a random suffix)")
     worker.add_argument("--max-replicas", type=int, default=None, help="most replicas hosted here (default: no limit)")
     worker.set_defaults(fn=_worker)
     gateway = sub.add_parser("gateway", help="run an HTTP gateway")
     gateway.set_defaults(fn=_gateway)
-    for p in (run, deploy, status, delete, shutdown, worker, gateway):
+    for p in (run, deploy, status, delete, shutdown, worker, gateway, requests):
         p.add_argument("--redis-url", default=None, help="Redis to use (default: MQSERVE_REDIS_URL)")
     for p in (run, gateway):
         p.add_argument("--host", default=None, help="HTTP host (default 127.0.0.1)")
