@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import time
 
@@ -20,6 +21,8 @@ import httpx
 from _common import emit, latency_stats, log
 
 from actors import serve
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would cost the client
 
 
 @serve.deployment(max_ongoing_requests=16)
@@ -37,9 +40,12 @@ def round_trips(handle, n: int) -> list[float]:
     return out
 
 
-async def submit_rate(base: str, n: int, in_flight: int) -> tuple[float, int]:
-    """``n`` respond-async POSTs, ``in_flight`` at a time: 202s per second, and how many."""
+async def submit_rate(base: str, n: int, in_flight: int, prefer: str = "respond-async") -> tuple[float, int]:
+    """``n`` POSTs, ``in_flight`` at a time: answers per second (202s with ``prefer``), and
+    how many were accepted. With ``prefer=""`` the same requests in the foreground, for
+    comparison on the same client (an httpx client costs far more CPU than wrk)."""
     accepted = 0
+    headers = {"Prefer": prefer} if prefer else {}
     limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
         queue = iter(range(n))
@@ -47,8 +53,8 @@ async def submit_rate(base: str, n: int, in_flight: int) -> tuple[float, int]:
         async def worker() -> None:
             nonlocal accepted
             for _ in queue:
-                r = await client.post("/", content=b"x", headers={"Prefer": "respond-async"})
-                accepted += r.status_code == 202
+                r = await client.post("/", content=b"x", headers=headers)
+                accepted += r.status_code == (202 if prefer else 200)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(in_flight)))
@@ -78,10 +84,13 @@ def main() -> None:
         asyncio.run(submit_rate(base, 300, args.in_flight))  # warm-up
         log.info("respond-async: %d requests, %d in flight", args.http_n, args.in_flight)
         rate, accepted = asyncio.run(submit_rate(base, args.http_n, args.in_flight))
+        log.info("the same in the foreground")
+        plain_rate, _ = asyncio.run(submit_rate(base, args.http_n, args.in_flight, prefer=""))
     finally:
         serve.shutdown()
     emit("background", n=len(plain), **latency_stats(plain, "plain_"), **latency_stats(bg, "background_"),
-         http_respond_async_per_s=round(rate, 1), http_accepted=accepted, http_in_flight=args.in_flight)
+         http_respond_async_per_s=round(rate, 1), http_accepted=accepted, http_plain_per_s=round(plain_rate, 1),
+         http_in_flight=args.in_flight)
 
 
 if __name__ == "__main__":
