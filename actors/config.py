@@ -346,6 +346,9 @@ class Settings:
     redis_server: str | None = None
     #: The secret every blob is sealed with (``MQSERVE_SECRET``; see ``broker.codec``).
     secret: str | None = field(default=None, repr=False)
+    #: Where local instances write their records (``MQSERVE_RUNTIME_DIR``; None: the
+    #: per-user default, see ``actors.runtime.instances``).
+    runtime_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -365,6 +368,7 @@ class Settings:
             http_timeout_s=_number(env, "MQSERVE_HTTP_TIMEOUT_S", None, float),
             redis_server=env.get("MQSERVE_REDIS_SERVER") or None,
             secret=env.get("MQSERVE_SECRET") or None,
+            runtime_dir=env.get("MQSERVE_RUNTIME_DIR") or None,
         )
 
     @property

@@ -153,6 +153,7 @@ class _RequestContext:
     app_name: str = ""
     multiplexed_model_id: str = ""
     is_http_request: bool = False
+    _deadline_ms: int = 0  # mqserve's: the request's deadline (Redis time), inherited by its calls
 
 
 #: The request context of the code running here; unset outside a request.

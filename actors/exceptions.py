@@ -23,6 +23,7 @@ __all__ = [
     "ReplicaDiedError",
     "RequestLostError",
     "RequestNotFoundError",
+    "DeadlineExceededError",
 ]
 
 
@@ -106,6 +107,21 @@ def refused_error(code: int, app: str, dep: str, req_id: str, *, queued: int = 0
 def deleted_error(app: str) -> DeploymentUnavailableError:
     """What requests still queued for a deleted application fail with."""
     return DeploymentUnavailableError(f"Application '{app}' was deleted before this request ran.")
+
+
+class DeadlineExceededError(ServeException, TimeoutError):
+    """The request's deadline passed before it finished: it was never started (a replica
+    drops a request whose deadline passed while it waited), or, running as a coroutine,
+    it was cancelled. The deadline comes from ``handle.options(timeout_s=)``, from the
+    request that made the call (its remaining budget), or from the gateway's request
+    timeout. A ``TimeoutError``, so code that catches timeouts catches it; over HTTP, 408.
+    """
+
+
+def deadline_error(req_id: str, where: str) -> DeadlineExceededError:
+    """What a request whose deadline passed ``where`` ("before it started", "while it
+    ran", "while its caller waited") raises."""
+    return DeadlineExceededError(f"Request {req_id} passed its deadline {where}.")
 
 
 class ReplicaDiedError(ServeException):

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker import codec
+from broker import clock, codec
 from broker.keys import Keys
 
 from .context import _serve_request_context
-from .exceptions import ServeException, cancelled_error, rebuild_remote_error
+from .exceptions import ServeException, cancelled_error, deadline_error, rebuild_remote_error
 from .generator import DeploymentResponseGenerator
 from .multiplex import checked_model_id
 from .runtime import bridge
@@ -48,7 +48,8 @@ class DeploymentHandle:
 
     def __init__(self, deployment_name: str, app_name: str = "default", *, _redis_url: str,
                  _namespace: str, _result_ttl_ms: int, _method_name: str = "__call__",
-                 _stream: bool = False, _multiplexed_model_id: str = "", _background: bool = False) -> None:
+                 _stream: bool = False, _multiplexed_model_id: str = "", _timeout_s: float | None = None,
+                 _background: bool = False) -> None:
         self._deployment_name = deployment_name
         self._app_name = app_name
         self._redis_url = _redis_url
@@ -57,6 +58,7 @@ class DeploymentHandle:
         self._method_name = _method_name
         self._stream = _stream
         self._model = _multiplexed_model_id
+        self._timeout_s = _timeout_s
         self._background = _background
         self._client: CallClient | None = None
 
@@ -72,7 +74,8 @@ class DeploymentHandle:
         return {"deployment_name": self._deployment_name, "app_name": self._app_name,
                 "_redis_url": self._redis_url, "_namespace": self._namespace,
                 "_result_ttl_ms": self._result_ttl_ms, "_method_name": self._method_name,
-                "_stream": self._stream, "_multiplexed_model_id": self._model, "_background": self._background}
+                "_stream": self._stream, "_multiplexed_model_id": self._model, "_timeout_s": self._timeout_s,
+                "_background": self._background}
 
     def __reduce__(self) -> Any:
         return (_rebuild_handle, (self._kwargs(),))
@@ -82,14 +85,24 @@ class DeploymentHandle:
                 f"method='{self._method_name}')")
 
     def options(self, *, method_name: str | None = None, stream: bool | None = None,
-                multiplexed_model_id: str | None = None, use_new_handle_api: bool | None = None,
-                background: bool | None = None, **_ignored: Any) -> DeploymentHandle:
+                multiplexed_model_id: str | None = None, timeout_s: float | None = None,
+                use_new_handle_api: bool | None = None, background: bool | None = None,
+                **_ignored: Any) -> DeploymentHandle:
         """A copy of this handle with another method, streaming mode or multiplexed model
         (the model its requests are for: they go to a replica holding it, see
-        ``serve.multiplexed``). ``background=True``: its requests run whether or not their
-        caller waits or lives, and their outcome is kept, readable from any process by
-        ``response.request_id`` (``serve.get_response``) for ``MQSERVE_BACKGROUND_TTL_S``."""
+        ``serve.multiplexed``), or a deadline: ``timeout_s`` (mqserve's), the time its
+        calls have to finish. A call past it raises ``DeadlineExceededError`` (a
+        ``TimeoutError``): never started if it was still queued, cancelled if it ran as a
+        coroutine; the calls it makes inherit what is left of it. ``background=True``: its
+        requests run whether or not their caller waits or lives (they inherit no deadline
+        from the request making them), and their outcome is kept, readable from any
+        process by ``response.request_id`` (``serve.get_response``) for
+        ``MQSERVE_BACKGROUND_TTL_S``."""
         kwargs = self._kwargs()
+        if timeout_s is not None:
+            if not timeout_s > 0:
+                raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}.")
+            kwargs["_timeout_s"] = float(timeout_s)
         if background is not None:
             kwargs["_background"] = bool(background)
         if method_name is not None:
@@ -123,12 +136,15 @@ class DeploymentHandle:
             _collecting.reset(token)
         parent = _serve_request_context.get()  # a call made while serving a request carries its id
         request_id = None if parent is None else parent.request_id
+        deadline_ms = 0 if parent is None or self._background else parent._deadline_ms  # what is left of it
+        if self._timeout_s is not None:
+            deadline_ms = clock.deadline_in(self._timeout_s, deadline_ms)
         if self._background:
-            return self._send_background(client, req_id, payload, tuple(refs), request_id)
+            return self._send_background(client, req_id, payload, tuple(refs), request_id, deadline_ms)
         if self._stream:
             message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                            refs=tuple(refs), stream=True, model=self._model,
-                                           request_id=request_id)
+                                           request_id=request_id, deadline_ms=deadline_ms)
             future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
                                    expect_reply=False, model=self._model)
             generator = DeploymentResponseGenerator(client, self._deployment_name, req_id, future)
@@ -137,25 +153,26 @@ class DeploymentHandle:
             return generator  # type: ignore[return-value]  # stream=True; remote() is typed for the common case
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                        refs=tuple(refs), reply_to=client.reply_inbox(), model=self._model,
-                                       request_id=request_id)
+                                       request_id=request_id, deadline_ms=deadline_ms)
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
                                model=self._model)
         response = DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future,
-                                      tuple(refs))
+                                      tuple(refs), deadline_ms)
         if current_request.get() is not None:  # cancelled with the request making this call
             children.adopt(response._cancel_call)
         return response
 
 
     def _send_background(self, client: CallClient, req_id: str, payload: bytes, refs: tuple[str, ...],
-                         request_id: str | None) -> DeploymentResponse:
+                         request_id: str | None, deadline_ms: int) -> DeploymentResponse:
         """A background call (``actors.runtime.background``): no reply inbox, and not
         cancelled with the request making it."""
         from .runtime import background  # it builds on DeploymentResponse, defined below
 
         ttl_ms = background.ttl_ms()
         message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload, refs=refs,
-                                       model=self._model, request_id=request_id, background_ttl_ms=ttl_ms)
+                                       model=self._model, request_id=request_id, background_ttl_ms=ttl_ms,
+                                       deadline_ms=deadline_ms)
         queued = background.submit(client, self._app_name, self._deployment_name, req_id, message, refs,
                                    method=self._method_name, ttl_ms=ttl_ms, model=self._model)
         return background.BackgroundResponse(client, self._app_name, self._deployment_name, req_id, queued)
@@ -177,7 +194,7 @@ class DeploymentResponse:
     """
 
     def __init__(self, client: CallClient, app: str, dep: str, req_id: str, message: bytes,
-                 future: concurrent.futures.Future[bytes], refs: tuple[str, ...] = ()) -> None:
+                 future: concurrent.futures.Future[bytes], refs: tuple[str, ...] = (), deadline_ms: int = 0) -> None:
         self._client = client
         self._app = app
         self._dep = dep
@@ -189,6 +206,8 @@ class DeploymentResponse:
         self._passed_on = False  # passed to another call by reference (see __reduce__)
         self._value: Any = _PENDING
         self._error: BaseException | None = None
+        # The request's deadline on this process's monotonic clock (None: it has none).
+        self._deadline = None if not deadline_ms else time.monotonic() + clock.seconds_left(deadline_ms)
 
     @property
     def request_id(self) -> str:
@@ -220,17 +239,19 @@ class DeploymentResponse:
             raise RuntimeError(
                 "Sync methods should not be called from within an `asyncio` event loop. "
                 "Use `await response` instead of `response.result()`.")
-        if self._raw is not None:
-            return self._outcome(self._raw)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if self._raw is not None or self._error is not None:
+            return self._outcome(self._raw or b"")
+        mine = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = mine if self._deadline is None else min(mine or self._deadline, self._deadline)
         try:
-            outcome = self._future.result(timeout=timeout_s)
+            outcome = self._future.result(timeout=_left(deadline))
             if outcome == DETACHED:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                outcome = self._client.watch(self._req_id, own=True).result(timeout=left)
+                outcome = self._client.watch(self._req_id, own=True).result(timeout=_left(deadline))
         except concurrent.futures.CancelledError:
             raise cancelled_error(self._req_id) from None
         except concurrent.futures.TimeoutError:
+            if deadline != mine:
+                raise self._expired() from None
             # A caller that gives up does not want the request started later; one already
             # running goes on (as in Ray), and a later result() may still get its value.
             if not self._future.done():
@@ -244,20 +265,41 @@ class DeploymentResponse:
         return self._await().__await__()
 
     async def _await(self) -> Any:
-        if self._raw is not None:
-            return self._outcome(self._raw)
+        if self._raw is not None or self._error is not None:
+            return self._outcome(self._raw or b"")
         if self._future.cancelled():
             raise cancelled_error(self._req_id)
         try:
-            outcome = await bridge.wait(self._future)
-            if outcome == DETACHED:
-                outcome = await bridge.wait(self._client.watch(self._req_id, own=True))
+            if self._deadline is None:
+                outcome = await bridge.wait(self._future)
+                if outcome == DETACHED:
+                    outcome = await bridge.wait(self._client.watch(self._req_id, own=True))
+            else:
+                outcome = await self._await_by_deadline()
         except asyncio.CancelledError:
             if self._future.cancelled():
                 raise cancelled_error(self._req_id) from None
             self.cancel()  # the awaiting task was cancelled: cancel the call too
             raise
         return self._outcome(outcome)
+
+    async def _await_by_deadline(self) -> bytes:
+        assert self._deadline is not None
+        try:
+            outcome = await asyncio.wait_for(bridge.follow(self._future), _left(self._deadline))
+            if outcome == DETACHED:
+                outcome = await asyncio.wait_for(bridge.follow(self._client.watch(self._req_id, own=True)),
+                                                 _left(self._deadline))
+        except asyncio.TimeoutError:
+            raise self._expired() from None
+        return outcome
+
+    def _expired(self) -> BaseException:
+        """The deadline passed while the caller waited: the call is cancelled (withdrawn if
+        still queued), and every read of this response raises the deadline's error."""
+        self._error = deadline_error(self._req_id, "while its caller waited")
+        self._cancel_call()
+        return self._error
 
     def cancel(self) -> None:
         """Cancel the call: a request no replica has taken yet is withdrawn and never runs."""
@@ -297,6 +339,11 @@ class DeploymentResponse:
 
     def __repr__(self) -> str:
         return f"DeploymentResponse(deployment='{self._dep}', request_id='{self._req_id}')"
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (monotonic clock), never negative; None for no deadline."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _embedded_outcome(outcome: bytes) -> Any:

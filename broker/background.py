@@ -76,15 +76,15 @@ def summary(outcome: bytes) -> tuple[str, str, str]:
 
 def complete(batch: scripts.Batch, keys: Keys, req_id: str, outcome: bytes, *, processing_key: str, raw: bytes,
              ttl_ms: int, inbox_ttl_ms: int, fields: dict[str, str] | None = None) -> None:
-    """Write a background request's outcome, end its record and drop ``raw`` from
-    ``processing_key`` (``bg_complete.lua``). ``fields``: more for the record (one that
-    was never queued has none yet)."""
+    """Write a background request's outcome, end its record (a FAILED one is indexed, and
+    counted in its deployment's ``counts`` HASH) and drop ``raw`` from ``processing_key``
+    (``bg_complete.lua``). ``fields``: more for the record (one never queued has none)."""
     status, error_type, error = summary(outcome)
     extra = [x for pair in (fields or {}).items() for x in pair]
     batch.script(scripts.BG_COMPLETE,
                  (keys.result(req_id), keys.watchers(req_id), processing_key, keys.detached(req_id),
                   keys.cancelled(req_id), keys.background(req_id), keys.failed),
-                 (req_id, outcome, ttl_ms, raw, status, error_type, error, inbox_ttl_ms, *extra))
+                 (req_id, outcome, ttl_ms, raw, status, error_type, error, inbox_ttl_ms, keys.ns, *extra))
 
 
 def read(batch: scripts.Batch, keys: Keys, req_id: str, inbox: str, ttl_ms: int) -> None:

@@ -46,3 +46,22 @@ def sync(client: redis.Redis) -> None:
 def now() -> float | None:
     """Redis's time in seconds, from this process's clock; None before any reading."""
     return None if _offset_s is None else time.time() + _offset_s
+
+
+def deadline_in(timeout_s: float, inherited_ms: int = 0) -> int:
+    """The deadline (Redis time, ms) of a request that must finish within ``timeout_s``,
+    or by ``inherited_ms`` (its parent's deadline, 0 for none) if that comes first."""
+    own = int((_now_or_local() + timeout_s) * 1000)
+    return min(own, inherited_ms) if inherited_ms else own
+
+
+def seconds_left(deadline_ms: int) -> float:
+    """Seconds until ``deadline_ms`` (Redis time); negative once it passed."""
+    return deadline_ms / 1000 - _now_or_local()
+
+
+def _now_or_local() -> float:
+    """Redis's time, or this process's before it has read Redis's clock (a caller reads it
+    when it connects, so this is for processes that never talked to Redis yet)."""
+    redis_now = now()
+    return time.time() if redis_now is None else redis_now

@@ -40,6 +40,9 @@ REQUEST_ID_LEN = 32
 REQUEST_ID_OPTION = "request_id"
 #: The message option of a background request: the TTL (ms) of its outcome and record.
 BACKGROUND_OPTION = "background"
+#: The message option holding the request's deadline (Redis time, ms), when it has one.
+DEADLINE_OPTION = "deadline_ms"
+
 
 logger = logging.getLogger("mqserve.codec")
 
@@ -112,6 +115,7 @@ def encode_request(
     model: str = "",
     request_id: str | None = None,
     background_ttl_ms: int = 0,
+    deadline_ms: int = 0,
 ) -> bytes:
     """The queued form of one call; ``reply_to`` is the caller's inbox key.
 
@@ -119,6 +123,7 @@ def encode_request(
     ``http``: the payload is an HTTP request snapshot for the ingress (see gateway).
     ``socket``: ... of a WebSocket connection (``broker.sockets``), never run twice.
     ``model``: the multiplexed model id (``options["multiplexed_model_id"]``, only if set).
+    ``deadline_ms``: when the request must be done by, in Redis's time (ms; 0: none).
     ``request_id``: the user-visible request id (``X-Request-Id``), shared by every call
     made while serving one request; only written when given, as a call that starts a
     request (from a driver, or the gateway without the header) uses its own id
@@ -137,6 +142,8 @@ def encode_request(
         options["multiplexed_model_id"] = model
     if background_ttl_ms:
         options[BACKGROUND_OPTION] = int(background_ttl_ms)
+    if deadline_ms:
+        options[DEADLINE_OPTION] = deadline_ms
     if request_id is not None and request_id != req_id:
         options[REQUEST_ID_OPTION] = request_id
     return seal(pickle.dumps(

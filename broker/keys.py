@@ -52,6 +52,15 @@ class Keys:
         the same name (a replica's load)."""
         return f"{self.ns}:proc:{replica_id}"
 
+    def counts(self, app: str, dep: str) -> str:
+        """HASH of a deployment's request tallies (``broker.counts``), fields ``expired``
+        (dropped unrun, or cancelled while running, once their deadline passed) and
+        ``failed`` (background requests whose last attempt failed), each an ``HINCRBY``
+        counter; absent fields are 0. Written on the request path only when it happens,
+        read by ``mqserve queue`` (``broker.queues``) and ``/metrics``: a count survives
+        the requests it counts, which a list could not show. Deleted with its app."""
+        return f"{self.ns}:counts:{app}:{dep}"
+
     # Multiplexing (deployments with a @serve.multiplexed loader; see mux.lua) ------------
     def mux_members(self, app: str, dep: str) -> str:
         """HASH replica id -> capacity (its ``max_ongoing_requests``): the replicas of a

@@ -34,7 +34,7 @@ from actors.runtime import bridge
 from actors.runtime.caller import CallClient, get_client
 from actors.runtime.controller import MEMBER_TTL_MS, ControllerLoop
 from actors.status import collect_status
-from broker import codec, streams
+from broker import clock, codec, counts, streams
 from broker.connection import connect, connect_async
 from broker.keys import Keys
 from broker.registry import Registry
@@ -129,8 +129,12 @@ class Gateway:
 
     async def metrics_text(self, request: Request) -> Response:
         status = await bridge.run_sync(collect_status, self.registry)
-        rows = [(app, name, dep.queued_requests, dep.ongoing_requests)
-                for app, overview in status.applications.items() for name, dep in overview.deployments.items()]
+        deployments = [(app, name) for app, overview in status.applications.items() for name in overview.deployments]
+        counted = await bridge.run_sync(counts.read, self.registry.redis, self.keys, deployments)
+        rows = []
+        for (app, name), events in zip(deployments, counted):
+            dep = status.applications[app].deployments[name]
+            rows.append((app, name, dep.queued_requests, dep.ongoing_requests, events.get(counts.EXPIRED, 0)))
         return PlainTextResponse(self.metrics.render(rows), media_type="text/plain; version=0.0.4")
 
     async def _route(self, path: str) -> Route | None:
@@ -254,9 +258,12 @@ class Gateway:
         # Only plain values: the replica unpickles this, the gateway never unpickles client data.
         payload = pickle.dumps(((snapshot,), {}), protocol=pickle.HIGHEST_PROTOCOL)
         model = model_id_from_headers(headers)  # routes it, as a handle's multiplexed_model_id
+        socket = scope["type"] == "websocket"
+        waited = not socket and not background_ttl_ms  # a connection has no request timeout, nor a background request
+        deadline_ms = clock.deadline_in(self.timeout_s) if self.timeout_s and waited else 0
         reply_to = "" if background_ttl_ms else self.client.reply_inbox()
         return codec.encode_request(req_id=req_id, method="__call__", payload=payload, reply_to=reply_to, http=True,
-                                    socket=scope["type"] == "websocket", model=model, request_id=request_id,
+                                    socket=socket, model=model, request_id=request_id, deadline_ms=deadline_ms,
                                     background_ttl_ms=background_ttl_ms), model
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes | None:

@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from actors.exceptions import BackPressureError, DeploymentUnavailableError
+from actors.exceptions import BackPressureError, DeadlineExceededError, DeploymentUnavailableError
 from broker.codec import RemoteFailure
 from broker.errors import MQServeError
 
@@ -70,6 +70,9 @@ def failed(request_id: str, app: str, failure: RemoteFailure) -> Answer:
     if isinstance(error, BackPressureError):
         logger.warning("request %s to application '%s' was refused downstream: %s", request_id, app, error.message)
         return backpressure(error)
+    if isinstance(error, DeadlineExceededError):  # the request timeout passed downstream
+        logger.warning("request %s to application '%s' passed its deadline: %s", request_id, app, failure.message)
+        return Answer(408, f"Request {request_id} timed out: its deadline passed.")
     if isinstance(error, DeploymentUnavailableError):
         message = str(error.args[0]) if error.args else failure.message  # without the remote traceback
         logger.warning("request %s to application '%s' failed: %s", request_id, app, message)

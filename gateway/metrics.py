@@ -30,8 +30,9 @@ class Metrics:
             if seconds <= bound:
                 buckets[i] += 1
 
-    def render(self, queues: Iterable[tuple[str, str, int, int]]) -> str:
-        """Prometheus text; ``queues`` gives (app, deployment, queued, ongoing) per deployment."""
+    def render(self, queues: Iterable[tuple[str, str, int, int, int]]) -> str:
+        """Prometheus text; ``queues`` gives (app, deployment, queued, ongoing, expired) per
+        deployment (``expired``: requests dropped or cancelled as their deadline passed)."""
         out = ["# HELP mqserve_http_requests_total HTTP requests by application, deployment and status.",
                "# TYPE mqserve_http_requests_total counter"]
         for (app, dep, code), n in sorted(self.requests.items()):
@@ -52,10 +53,15 @@ class Metrics:
         out += ["# HELP mqserve_deployment_queued_requests Requests waiting in a deployment's queue.",
                 "# TYPE mqserve_deployment_queued_requests gauge"]
         rows = list(queues)
-        for app, dep, queued, _ in rows:
+        for app, dep, queued, _, _ in rows:
             out.append(f'mqserve_deployment_queued_requests{{application="{app}",deployment="{dep}"}} {queued}')
         out += ["# HELP mqserve_deployment_ongoing_requests Requests replicas have taken and not answered.",
                 "# TYPE mqserve_deployment_ongoing_requests gauge"]
-        for app, dep, _, ongoing in rows:
+        for app, dep, _, ongoing, _ in rows:
             out.append(f'mqserve_deployment_ongoing_requests{{application="{app}",deployment="{dep}"}} {ongoing}')
+        out += ["# HELP mqserve_deployment_expired_requests_total Requests whose deadline passed: dropped "
+                "unrun, or cancelled while running.",
+                "# TYPE mqserve_deployment_expired_requests_total counter"]
+        for app, dep, _, _, expired in rows:
+            out.append(f'mqserve_deployment_expired_requests_total{{application="{app}",deployment="{dep}"}} {expired}')
         return "\n".join(out) + "\n"

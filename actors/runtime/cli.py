@@ -1,5 +1,9 @@
 """The ``mqserve`` command: ``run``, ``deploy``, ``status``, ``delete``, ``shutdown``,
-``requests``, ``worker``, ``gateway``."""
+``queue`` (in ``queue_cmd``), ``requests`` (in ``requests_cmd``), ``worker``, ``gateway``.
+
+Operator commands (``status``, ``delete``, ``shutdown``, ``queue``, ``requests``) reach
+Redis through :func:`registry_for`: ``--redis-url``, ``MQSERVE_REDIS_URL``, or the local
+instance running on this machine."""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any
+from typing import Any, TypeVar
 
 from broker import codec
+from broker.registry import Registry
 
 from ..config import ConfigError, LoggingConfig, Settings, check_route_prefix
 from ..exceptions import ServeException, deleted_error
@@ -22,6 +27,9 @@ from ..exceptions import ServeException, deleted_error
 
 class CLIError(ServeException):
     """A user mistake: printed as one paragraph, exit status 1."""
+
+
+R = TypeVar("R", bound=Registry)
 
 
 def _where(exc: BaseException) -> str:
@@ -186,21 +194,23 @@ def _gateway_urls(registry: Any) -> list[str]:
     return sorted(out)
 
 
-def _registry(opts: argparse.Namespace) -> Any:
+def registry_for(opts: argparse.Namespace, kind: type[R]) -> R:
+    """The registry (or a subclass: ``broker.queues.Queues``) of the namespace an operator
+    command talks to: ``--redis-url``, ``MQSERVE_REDIS_URL``, or the local instance
+    running on this machine (``instances.locate``; several: the user picks one)."""
     from broker.connection import connect
     from broker.keys import Keys
-    from broker.registry import Registry
 
-    url = opts.redis_url or Settings.from_env().redis_url
-    if not url:
-        raise CLIError("No Redis to talk to: pass --redis-url or set MQSERVE_REDIS_URL.")
-    return Registry(connect(url), Keys(Settings.from_env().namespace))
+    from .instances import locate
+
+    url, namespace = locate(opts.redis_url)
+    return kind(connect(url), Keys(namespace))
 
 
 def _status(opts: argparse.Namespace) -> int:
     from ..status import collect_status
 
-    status = collect_status(_registry(opts))
+    status = collect_status(registry_for(opts, Registry))
     if opts.json:
         print(json.dumps(status.to_dict(), indent=2))
         return 0
@@ -226,7 +236,7 @@ def format_status(status: Any) -> str:
             first = False
         if app.message:
             messages.append(f"{name}: {app.message}")
-    lines = (_table(rows) if len(rows) > 1 else ["No applications."]) + _models_table(status)
+    lines = (table(rows) if len(rows) > 1 else ["No applications."]) + _modelstable(status)
     workers = [["WORKER", "HOST", "PID", "REPLICAS", "LAST SEEN"]]
     for wid, rec in sorted(status.workers.items()):
         cap = rec.get("max_replicas")
@@ -234,100 +244,52 @@ def format_status(status: Any) -> str:
         workers.append([wid + mark, str(rec.get("host", "")), str(rec.get("pid", "")),
                         f"{rec.get('replicas', 0)}" + (f"/{cap}" if cap is not None else ""),
                         _last_seen(rec.get("heartbeat_age_s"))])
-    lines += [""] + (_table(workers) if len(workers) > 1 else ["No workers."])
+    lines += [""] + (table(workers) if len(workers) > 1 else ["No workers."])
     gateways = [["GATEWAY", "ADDRESS", "PID"]]
     for gid, rec in sorted(status.gateways.items()):
         mark = " (controller)" if gid == status.controller else ""
         gateways.append([gid + mark, f"{rec.get('host')}:{rec.get('port')}", str(rec.get("pid", ""))])
-    lines += [""] + (_table(gateways) if len(gateways) > 1 else ["No gateways."])
+    lines += [""] + (table(gateways) if len(gateways) > 1 else ["No gateways."])
     return "\n".join(lines + ([""] + messages if messages else []))
 
 
-def _models_table(status: Any) -> list[str]:
+def _modelstable(status: Any) -> list[str]:
     """The models each replica of a multiplexed deployment holds, if any does."""
     rows = [["DEPLOYMENT", "REPLICA", "MULTIPLEXED MODELS"]]
     for name, app in status.applications.items():
         for dep_name, dep in app.deployments.items():
             for rid, models in sorted(dep.multiplexed_model_ids.items()):
                 rows.append([f"{name}/{dep_name}", rid, ", ".join(models)])
-    return [""] + _table(rows) if len(rows) > 1 else []
+    return [""] + table(rows) if len(rows) > 1 else []
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def table(rows: list[list[str]]) -> list[str]:
+    """Rows as aligned columns (the first row is the header)."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
 def _delete(opts: argparse.Namespace) -> int:
-    registry = _registry(opts)
+    registry = registry_for(opts, Registry)
     if registry.app(opts.app_name) is None:
         raise CLIError(f"There is no application named '{opts.app_name}'; mqserve status lists them.")
     failed = registry.delete_app(opts.app_name, Settings.from_env().result_ttl_ms, deleted_error(opts.app_name))
-    print(f"deleted application '{opts.app_name}'" + (f" ({failed} queued request(s) failed)" if failed else ""))
+    if opts.json:
+        print(json.dumps({"deleted": [opts.app_name], "failed_requests": failed}, indent=2))
+    else:
+        print(f"deleted application '{opts.app_name}'" + (f" ({failed} queued request(s) failed)" if failed else ""))
     return 0
 
 
 def _shutdown(opts: argparse.Namespace) -> int:
-    registry = _registry(opts)
-    for name in registry.apps():
-        registry.delete_app(name, Settings.from_env().result_ttl_ms, deleted_error(name))
+    registry = registry_for(opts, Registry)
+    failed = {name: registry.delete_app(name, Settings.from_env().result_ttl_ms, deleted_error(name))
+              for name in registry.apps()}
+    if opts.json:
+        print(json.dumps({"deleted": list(failed), "failed_requests": sum(failed.values())}, indent=2))
+    for name in failed if not opts.json else ():
         print(f"deleted application '{name}'")
     return 0
-
-
-def _requests(opts: argparse.Namespace) -> int:
-    """``mqserve requests ID`` (one background request's status record) and ``mqserve
-    requests --failed`` (those that failed and have not expired). Only the records'
-    plain fields are read: no result or argument is unpickled here."""
-    from broker import background
-
-    registry = _registry(opts)
-    if opts.failed == bool(opts.request_id):
-        raise CLIError("Give a request id (mqserve requests ID) or --failed, not both.")
-    if opts.request_id:
-        record = background.record(registry.redis, registry.keys, opts.request_id)
-        if record is None:
-            raise CLIError(f"No background request '{opts.request_id}': unknown, or expired "
-                           "(MQSERVE_BACKGROUND_TTL_S after it ended).")
-        print(json.dumps({"id": opts.request_id, **record}, indent=2) if opts.json
-              else format_request(opts.request_id, record))
-        return 0
-    failed = background.failed(registry.redis, registry.keys)
-    if opts.json:
-        print(json.dumps([{"id": req_id, **record} for req_id, record in failed], indent=2))
-        return 0
-    rows = [["REQUEST", "APPLICATION", "DEPLOYMENT", "METHOD", "ENDED", "ATTEMPTS", "ERROR"]]
-    for req_id, rec in failed:
-        rows.append([req_id, rec.get("app", ""), rec.get("deployment", ""), rec.get("method", ""),
-                     _when(rec.get("ended")), rec.get("attempts", ""), _error(rec)])
-    print("\n".join(_table(rows)) if len(rows) > 1 else "No failed background requests.")
-    return 0
-
-
-def format_request(req_id: str, record: dict[str, str]) -> str:
-    """One background request's record, one field a line."""
-    lines = [("request", req_id), ("status", record.get("status", "")),
-             ("application", record.get("app", "")), ("deployment", record.get("deployment", "")),
-             ("method", record.get("method", "")), ("attempts", record.get("attempts", "")),
-             ("created", _when(record.get("created"))), ("started", _when(record.get("started"))),
-             ("ended", _when(record.get("ended")))]
-    if record.get("error_type"):
-        lines.append(("error", _error(record)))
-    return "\n".join(f"{name + ':':<13}{value}" for name, value in lines)
-
-
-def _when(ms: str | None) -> str:
-    """A record's time (Redis's clock, ms) in UTC, or '-'."""
-    import datetime
-
-    if not ms:
-        return "-"
-    return datetime.datetime.fromtimestamp(int(ms) / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def _error(record: dict[str, str]) -> str:
-    kind = record.get("error_type", "").rsplit(".", 1)[-1]
-    return f"{kind}: {record.get('error', '')}" if record.get("error") else kind
 
 
 def _worker(opts: argparse.Namespace) -> int:
@@ -351,6 +313,11 @@ def _last_seen(age_s: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from broker.queues import Queues
+
+    from . import queue_cmd, requests_cmd  # they import this module: not at its top
+    from .instances import LocalInstanceError
+
     parser = argparse.ArgumentParser(prog="mqserve", description="Ray Serve's model on Redis and Dramatiq.")
     sub = parser.add_subparsers(dest="command", required=True)
     target_help = "module:attribute of a bound application (e.g. hello:app), or a Ray Serve config YAML"
@@ -370,18 +337,19 @@ def main(argv: list[str] | None = None) -> int:
     delete.set_defaults(fn=_delete)
     shutdown = sub.add_parser("shutdown", help="delete every application (workers keep running)")
     shutdown.set_defaults(fn=_shutdown)
-    requests = sub.add_parser("requests", help="show a background request's status, or those that failed")
-    requests.add_argument("request_id", metavar="ID", nargs="?", help="a background request's id")
-    requests.add_argument("--failed", action="store_true", help="list background requests that failed")
-    requests.add_argument("--json", action="store_true")
-    requests.set_defaults(fn=_requests)
+    for p in (delete, shutdown):
+        p.add_argument("--json", action="store_true")
+    queue = queue_cmd.add_parser(sub)
+    queue.set_defaults(fn=lambda opts: queue_cmd.run(opts, registry_for(opts, Queues)))
+    requests = requests_cmd.add_parser(sub)
+    requests.set_defaults(fn=lambda opts: requests_cmd.run(opts, registry_for(opts, Registry)))
     worker = sub.add_parser("worker", help="run a node that hosts replicas")
     worker.add_argument("--name", default=None, help="worker id (default: host name and a random suffix)")
     worker.add_argument("--max-replicas", type=int, default=None, help="most replicas hosted here (default: no limit)")
     worker.set_defaults(fn=_worker)
     gateway = sub.add_parser("gateway", help="run an HTTP gateway")
     gateway.set_defaults(fn=_gateway)
-    for p in (run, deploy, status, delete, shutdown, worker, gateway, requests):
+    for p in (run, deploy, status, delete, shutdown, queue, requests, worker, gateway):
         p.add_argument("--redis-url", default=None, help="Redis to use (default: MQSERVE_REDIS_URL)")
     for p in (run, gateway):
         p.add_argument("--host", default=None, help="HTTP host (default 127.0.0.1)")
@@ -390,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         codec.use_secret(Settings.from_env().secret)  # what it reads or writes is sealed with it
         return int(opts.fn(opts))
-    except (CLIError, ConfigError) as e:
+    except (CLIError, ConfigError, LocalInstanceError) as e:
         print(f"mqserve: {e}", file=sys.stderr)
         return 1
 

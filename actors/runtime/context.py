@@ -31,6 +31,7 @@ from ..deployment import Application, build_app, check_user_config
 from ..exceptions import DeployFailedError, DeploymentUnavailableError, deleted_error, rebuild_remote_error
 from ..handle import DeploymentHandle
 from ..status import ServeStatus, collect_status
+from . import instances
 from .caller import close_clients
 from .controller import heartbeat_fresh
 from .local import LocalGateway, LocalNode, LocalRedis
@@ -67,6 +68,8 @@ class ServeContext:
             raise ConnectionError(f"Cannot reach Redis at {redact(url)}: {e}. Check MQSERVE_REDIS_URL.") from e
         self.node: LocalNode | None = None
         self.gateway: LocalGateway | None = None
+        #: This local instance's record, which lets operator commands find it (``instances``).
+        self.record: str | None = None
         self.apps: set[str] = set()
         if start_processes:
             self.start_processes()
@@ -86,6 +89,7 @@ class ServeContext:
         except BaseException:
             self._stop_local()
             raise
+        self.record = instances.register(self.url, settings.namespace, http=f"{host}:{port}")
 
     # Handles -------------------------------------------------------------------------------
     def handle(self, deployment: str, app: str) -> DeploymentHandle:
@@ -238,6 +242,8 @@ class ServeContext:
         self._stop_local()
 
     def _stop_local(self) -> None:
+        instances.unregister(getattr(self, "record", None))  # first: nobody finds a Redis that is stopping
+        self.record = None
         if getattr(self, "gateway", None) is not None:
             self.gateway.stop()  # type: ignore[union-attr]  # getattr (unset if __init__ failed early) does not narrow
             self.gateway = None

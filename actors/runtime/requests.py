@@ -32,13 +32,13 @@ from typing import Any, Protocol
 
 import dramatiq
 
-from broker import codec, sockets
+from broker import clock, codec, counts, sockets
 from broker.keys import Keys
 from broker.queue import STREAMED
 from broker.streams import StreamSink
 
 from ..context import _RequestContext, _serve_request_context
-from ..exceptions import RayServeException, RequestCancelledError
+from ..exceptions import DeadlineExceededError, RayServeException, RequestCancelledError, deadline_error
 from ..handle import load_call_args
 from . import bridge, http, websocket
 from .access import AccessLog
@@ -67,6 +67,10 @@ class Transport(Protocol):
         """The two streams of WebSocket connection ``conn_id``."""
         ...
 
+    async def count(self, app: str, dep: str, event: str) -> None:
+        """Count one ``event`` of the deployment (``broker.counts``), from the replica's loop."""
+        ...
+
 
 class RedisTransport:
     """A replica's transport: its loop's asyncio connection and the process's caller client."""
@@ -77,6 +81,9 @@ class RedisTransport:
 
     def stream(self, req_id: str, inbox: str) -> StreamSink:
         return StreamSink(self.aio, self.keys, req_id, inbox=inbox, ttl_ms=self.result_ttl_ms)
+
+    async def count(self, app: str, dep: str, event: str) -> None:
+        await counts.add(self.aio, self.keys, app, dep, event)
 
     def socket(self, conn_id: str) -> sockets.Streams:
         return sockets.Streams(self.aio, self.keys, conn_id, ttl_ms=self.result_ttl_ms)
@@ -108,7 +115,7 @@ class Requests:
         options = message.options
         model_id = options.get("multiplexed_model_id", "")
         request = _RequestContext("", codec.request_id_of(req_id, options), req_id, self.app, model_id,
-                                  bool(options.get("http")))
+                                  bool(options.get("http")), options.get(codec.DEADLINE_OPTION, 0))
         started = time.perf_counter()
         token, context_token = current_request.set(req_id), _serve_request_context.set(request)
         model = current_model.set(model_id)  # serve.get_multiplexed_model_id()
@@ -135,11 +142,15 @@ class Requests:
             return self._unary(message.message_id, method, payload, tuple(refs))
         except RequestCancelledError as e:
             return _resolved(codec.encode_error(e))
+        except DeadlineExceededError as e:
+            self._count_expired()
+            return _resolved(codec.encode_error(e))
         except Exception as e:
             logger.error("deployment '%s' raised", self.deployment, exc_info=e)
             return _resolved(codec.encode_error(e))
 
     def _unary(self, req_id: str, method: str, payload: bytes, refs: tuple[str, ...]) -> Outcome:
+        self._refuse_if_expired(req_id)
         self._refuse_if_cancelled(req_id)
         args, kwargs = load_call_args(self.transport.calls(), payload, refs)
         self._refuse_if_cancelled(req_id)  # while it waited for its arguments
@@ -152,10 +163,14 @@ class Requests:
         """A generator call: its items, or its error, go to the request's stream."""
         writer = self._writer(message)
         try:
+            self._refuse_if_expired(message.message_id)
             args, kwargs = load_call_args(self.transport.calls(), payload, refs)
             return drive(self._method(method)(*args, **kwargs), writer, self.loop, method)
         except Exception as e:
-            logger.error("method '%s' of deployment '%s' failed", method, self.deployment, exc_info=e)
+            if isinstance(e, DeadlineExceededError):
+                self._count_expired()
+            else:
+                logger.error("method '%s' of deployment '%s' failed", method, self.deployment, exc_info=e)
             writer.finish(codec.encode_error(e))
             writer.done.result()
             return _resolved(STREAMED)
@@ -163,6 +178,7 @@ class Requests:
     def _http(self, message: dramatiq.Message[Any], payload: bytes) -> Outcome:
         """An HTTP request from the gateway, run through the ingress on the event loop; a
         streamed response opens the request's stream when its first piece comes."""
+        self._refuse_if_expired(message.message_id)
         snapshot = _http_snapshot(payload)
         task: list[concurrent.futures.Future[bytes]] = []
 
@@ -186,10 +202,24 @@ class Requests:
     def _on_loop(self, req_id: str, coro: Coroutine[Any, Any, Any], encode: Callable[[Any], bytes], *,
                  started: Callable[[concurrent.futures.Future[Any]], None] | None = None) -> Outcome:
         """Run ``coro`` on the loop; its outcome: ``encode(result)``, its error, or a
-        cancellation (the caller cancelled it)."""
+        cancellation (the caller cancelled it, or the request's deadline passed)."""
         outcome: Outcome = concurrent.futures.Future()
+        request = _serve_request_context.get()
+        deadline_ms = 0 if request is None else request._deadline_ms
+        timer: list[asyncio.TimerHandle] = []  # cancels the task at the deadline (on the loop)
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            task.cancel()
 
         def done(task: concurrent.futures.Future[Any]) -> None:
+            for handle in timer:
+                handle.cancel()
+            if task.cancelled() and expired:
+                self._count_expired()
+                outcome.set_result(codec.encode_error(deadline_error(req_id, "while it ran")))
+                return
             if task.cancelled():
                 outcome.set_result(codec.encode_error(RequestCancelledError("the caller cancelled the request")))
                 return
@@ -203,6 +233,9 @@ class Requests:
         if started is not None:
             started(task)
         self.cancels.start(req_id, task)
+        if deadline_ms:
+            self.loop.call_soon_threadsafe(
+                lambda: timer.append(self.loop.call_later(max(0.0, clock.seconds_left(deadline_ms)), expire)))
         task.add_done_callback(done)
         return outcome
 
@@ -214,6 +247,15 @@ class Requests:
             return codec.encode_error(TypeError(
                 f"Deployment '{self.deployment}' returned a value that cannot be pickled "
                 f"({type(result).__name__}): {e}"))
+
+    def _refuse_if_expired(self, req_id: str) -> None:
+        """Never start a request whose deadline passed while it waited: its caller gave up."""
+        request = _serve_request_context.get()
+        if request is not None and request._deadline_ms and clock.seconds_left(request._deadline_ms) <= 0:
+            raise deadline_error(req_id, "before it started")
+
+    def _count_expired(self) -> None:
+        bridge.submit(self.loop, self.transport.count(self.app, self.deployment, counts.EXPIRED))
 
     def _refuse_if_cancelled(self, req_id: str) -> None:
         if self.cancels.cancelled(req_id):
@@ -255,7 +297,8 @@ def _http_snapshot(payload: bytes) -> dict[str, Any]:
     request = _serve_request_context.get()
     if request is not None:
         _serve_request_context.set(_RequestContext(snapshot.get("root_path") or "/", request.request_id,
-                                                   request._internal_request_id, request.app_name, "", True))
+                                                   request._internal_request_id, request.app_name, "", True,
+                                                   request._deadline_ms))
     return dict(snapshot)
 
 

@@ -25,6 +25,7 @@ import collections
 from typing import Any
 
 from broker import codec, sockets
+from broker.errors import MQServeError
 from broker.sockets import Message
 from broker.streams import Cursor
 
@@ -38,8 +39,9 @@ ABNORMAL_CLOSURE = 1006
 _APP_MESSAGES = frozenset({"websocket.accept", "websocket.send", "websocket.close"})
 
 
-class ClientDisconnected(OSError):
-    """The app sent a message after the client had left (an ``OSError``, as uvicorn's)."""
+class ClientDisconnected(MQServeError, OSError):
+    """The app sent a message after the client had left (an ``OSError``, as uvicorn's, so
+    Starlette turns it into ``WebSocketDisconnect``)."""
 
 
 class Outbox:

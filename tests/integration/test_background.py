@@ -378,6 +378,7 @@ def test_failed_after_replica_deaths_and_listed(serve_instance, redis_url: str, 
         shown = json.loads(shown_by.stdout)
         assert shown["status"] == "FAILED" and shown["attempts"] == str(retries + 1)
         assert shown["error_type"].endswith("ReplicaDiedError") and "message" not in shown
+        assert r.hget(f"{namespace}:counts:{app}:Doomed", "failed") == b"1"  # mqserve queue's FAILED column
         serve.delete(app)
     listed = _cli("requests", "--failed", "--json", redis_url=redis_url, namespace=namespace)
     assert listed.returncode == 0, listed.stderr
