@@ -194,8 +194,9 @@ class Requests:
             writer.on_cancel = lambda: task[0].cancel()
             return writer
 
-        return self._on_loop(message.message_id, http.serve(self._asgi_app(), snapshot, open_stream),
-                             lambda raw: raw, started=task.append)
+        served = http.serve(self._asgi_app(), snapshot, open_stream,
+                            collect=bool(message.options.get(codec.BACKGROUND_OPTION)))
+        return self._on_loop(message.message_id, served, lambda raw: raw, started=task.append)
 
     def _socket(self, message: dramatiq.Message[Any], payload: bytes) -> Outcome:
         """A WebSocket connection from the gateway, served by the ingress on the event
