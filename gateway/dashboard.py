@@ -67,7 +67,8 @@ def snapshot(registry: Registry) -> dict[str, Any]:
         "workers": status.workers,
         "gateways": status.gateways,
         "applications": applications,
-        "recent_errors": reading.errors,
+        # Newest first: each replica pushes its own, once a second, so the list is not in order.
+        "recent_errors": sorted(reading.errors, key=lambda e: -float(e.get("time_s", 0))),
     }
 
 

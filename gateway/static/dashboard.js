@@ -94,7 +94,7 @@
         r.state !== "RUNNING" ? ` (${r.state})` : "", models && models.length ? ` · models: ${models.join(", ")}` : "");
     });
     const detail = h("tr", {class: "replicas", "data-replicas-of": name},
-      h("td", {colSpan: 11}, chips.length ? chips : h("span", {class: "dim"}, "no replicas")));
+      h("td", {colSpan: 11}, ...(chips.length ? chips : [h("span", {class: "dim"}, "no replicas")])));
     return [row, detail];
   }
 
