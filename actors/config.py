@@ -27,6 +27,9 @@ DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 20.0
 DEFAULT_GRACEFUL_SHUTDOWN_WAIT_LOOP_S = 2.0
 #: Seconds a request's outcome stays readable under its result key when unread.
 DEFAULT_RESULT_TTL_S = 300.0
+#: Seconds a background request's outcome and status record are kept after it ended
+#: (``MQSERVE_BACKGROUND_TTL_S``; one day).
+DEFAULT_BACKGROUND_TTL_S = 86_400.0
 #: Seconds ``serve.run`` waits for an application's replicas before failing.
 DEFAULT_DEPLOY_TIMEOUT_S = 300.0
 #: Seconds a cluster deploy waits for a live ``mqserve worker`` before failing.
@@ -326,6 +329,8 @@ class Settings:
     http_host: str = DEFAULT_HTTP_HOST
     http_port: int = DEFAULT_HTTP_PORT
     result_ttl_s: float = DEFAULT_RESULT_TTL_S
+    #: Seconds background requests' outcomes and records are kept (``MQSERVE_BACKGROUND_TTL_S``).
+    background_ttl_s: float = DEFAULT_BACKGROUND_TTL_S
     deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S
     #: Seconds a cluster deploy waits for a worker to appear before failing.
     worker_wait_s: float = DEFAULT_WORKER_WAIT_S
@@ -357,6 +362,7 @@ class Settings:
             http_host=env.get("MQSERVE_HTTP_HOST") or DEFAULT_HTTP_HOST,
             http_port=_number(env, "MQSERVE_HTTP_PORT", DEFAULT_HTTP_PORT, int),
             result_ttl_s=_number(env, "MQSERVE_RESULT_TTL_S", DEFAULT_RESULT_TTL_S, float),
+            background_ttl_s=background_ttl_s(env),
             deploy_timeout_s=_number(env, "MQSERVE_DEPLOY_TIMEOUT_S", DEFAULT_DEPLOY_TIMEOUT_S, float),
             worker_wait_s=_number(env, "MQSERVE_WORKER_WAIT_S", DEFAULT_WORKER_WAIT_S, float),
             log_level=_log_level(env),
@@ -372,6 +378,18 @@ class Settings:
     @property
     def result_ttl_ms(self) -> int:
         return int(self.result_ttl_s * 1000)
+
+    @property
+    def background_ttl_ms(self) -> int:
+        return int(self.background_ttl_s * 1000)
+
+
+def background_ttl_s(env: dict[str, str] | None = None) -> float:
+    """``MQSERVE_BACKGROUND_TTL_S`` alone, read where a background request is sent (its
+    message carries it to whoever writes its outcome): cheaper than all the settings."""
+    name = "MQSERVE_BACKGROUND_TTL_S"
+    raw = (os.environ if env is None else env).get(name, "")
+    return float(_number({name: raw}, name, DEFAULT_BACKGROUND_TTL_S, float))
 
 
 def _log_level(env: dict[str, str]) -> str:

@@ -22,6 +22,7 @@ __all__ = [
     "UnpicklableDeploymentError",
     "ReplicaDiedError",
     "RequestLostError",
+    "RequestNotFoundError",
     "DeadlineExceededError",
 ]
 
@@ -130,6 +131,24 @@ class ReplicaDiedError(ServeException):
 class RequestLostError(ServeException, ConnectionError):
     """Redis restarted without persistence while the request was pending: it may or may
     not have run, and its answer will not come. Call again if that is safe."""
+
+
+class RequestNotFoundError(ServeException, KeyError):
+    """No background request has this id: it was never sent, or its outcome expired
+    (``MQSERVE_BACKGROUND_TTL_S`` after it ended). A ``KeyError``, as a lookup by key."""
+
+    def __init__(self, message: str, request_id: str = "") -> None:
+        super().__init__(message, request_id)
+        self.request_id = request_id
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+    @classmethod
+    def expired(cls, request_id: str) -> RequestNotFoundError:
+        return cls(f"No background request with id '{request_id}': it was never sent from "
+                   "handle.options(background=True) or 'Prefer: respond-async', or it expired "
+                   "(MQSERVE_BACKGROUND_TTL_S after it ended; raise it to keep outcomes longer).", request_id)
 
 
 class DeployFailedError(ServeException):

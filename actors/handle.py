@@ -48,7 +48,8 @@ class DeploymentHandle:
 
     def __init__(self, deployment_name: str, app_name: str = "default", *, _redis_url: str,
                  _namespace: str, _result_ttl_ms: int, _method_name: str = "__call__",
-                 _stream: bool = False, _multiplexed_model_id: str = "", _timeout_s: float | None = None) -> None:
+                 _stream: bool = False, _multiplexed_model_id: str = "", _timeout_s: float | None = None,
+                 _background: bool = False) -> None:
         self._deployment_name = deployment_name
         self._app_name = app_name
         self._redis_url = _redis_url
@@ -58,6 +59,7 @@ class DeploymentHandle:
         self._stream = _stream
         self._model = _multiplexed_model_id
         self._timeout_s = _timeout_s
+        self._background = _background
         self._client: CallClient | None = None
 
     @property
@@ -72,7 +74,8 @@ class DeploymentHandle:
         return {"deployment_name": self._deployment_name, "app_name": self._app_name,
                 "_redis_url": self._redis_url, "_namespace": self._namespace,
                 "_result_ttl_ms": self._result_ttl_ms, "_method_name": self._method_name,
-                "_stream": self._stream, "_multiplexed_model_id": self._model, "_timeout_s": self._timeout_s}
+                "_stream": self._stream, "_multiplexed_model_id": self._model, "_timeout_s": self._timeout_s,
+                "_background": self._background}
 
     def __reduce__(self) -> Any:
         return (_rebuild_handle, (self._kwargs(),))
@@ -83,24 +86,34 @@ class DeploymentHandle:
 
     def options(self, *, method_name: str | None = None, stream: bool | None = None,
                 multiplexed_model_id: str | None = None, timeout_s: float | None = None,
-                use_new_handle_api: bool | None = None, **_ignored: Any) -> DeploymentHandle:
+                use_new_handle_api: bool | None = None, background: bool | None = None,
+                **_ignored: Any) -> DeploymentHandle:
         """A copy of this handle with another method, streaming mode or multiplexed model
         (the model its requests are for: they go to a replica holding it, see
         ``serve.multiplexed``), or a deadline: ``timeout_s`` (mqserve's), the time its
         calls have to finish. A call past it raises ``DeadlineExceededError`` (a
         ``TimeoutError``): never started if it was still queued, cancelled if it ran as a
-        coroutine; the calls it makes inherit what is left of it."""
+        coroutine; the calls it makes inherit what is left of it. ``background=True``: its
+        requests run whether or not their caller waits or lives (they inherit no deadline
+        from the request making them), and their outcome is kept, readable from any
+        process by ``response.request_id`` (``serve.get_response``) for
+        ``MQSERVE_BACKGROUND_TTL_S``."""
         kwargs = self._kwargs()
         if timeout_s is not None:
             if not timeout_s > 0:
                 raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}.")
             kwargs["_timeout_s"] = float(timeout_s)
+        if background is not None:
+            kwargs["_background"] = bool(background)
         if method_name is not None:
             kwargs["_method_name"] = method_name
         if stream is not None:
             kwargs["_stream"] = bool(stream)
         if multiplexed_model_id is not None:
             kwargs["_multiplexed_model_id"] = checked_model_id(multiplexed_model_id)
+        if kwargs["_background"] and kwargs["_stream"]:
+            raise ServeException("A background request cannot stream: its outcome is stored whole. Call the "
+                                 "generator method without background=True, or return a list from another method.")
         return _rebuild_handle(kwargs)
 
     def __getattr__(self, name: str) -> DeploymentHandle:
@@ -123,9 +136,19 @@ class DeploymentHandle:
             _collecting.reset(token)
         parent = _serve_request_context.get()  # a call made while serving a request carries its id
         request_id = None if parent is None else parent.request_id
-        deadline_ms = 0 if parent is None else parent._deadline_ms  # and what is left of its deadline
-        if self._timeout_s is not None:
-            deadline_ms = clock.deadline_in(self._timeout_s, deadline_ms)
+        # The request carries the nearest of its own deadline and its parent's; its caller
+        # waits by its own only: the parent's is enforced from the top of the chain down
+        # (the parent's caller cancels it, and it cancels this call), as on Ray. A call
+        # made once the parent's deadline has passed (its cancellation's cleanup) does not
+        # inherit it: it would be dropped unrun. Nor does a background call, which runs
+        # whether anyone waits.
+        own_ms = 0 if self._timeout_s is None else clock.deadline_in(self._timeout_s)
+        inherited_ms = 0 if parent is None or self._background else parent._deadline_ms
+        if inherited_ms and clock.seconds_left(inherited_ms) <= 0:
+            inherited_ms = 0
+        deadline_ms = min(own_ms, inherited_ms) if own_ms and inherited_ms else own_ms or inherited_ms
+        if self._background:
+            return self._send_background(client, req_id, payload, tuple(refs), request_id, deadline_ms)
         if self._stream:
             message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload,
                                            refs=tuple(refs), stream=True, model=self._model,
@@ -142,10 +165,25 @@ class DeploymentHandle:
         future = client.submit(self._app_name, self._deployment_name, req_id, message, tuple(refs),
                                model=self._model)
         response = DeploymentResponse(client, self._app_name, self._deployment_name, req_id, message, future,
-                                      tuple(refs), deadline_ms)
+                                      tuple(refs), own_ms)
         if current_request.get() is not None:  # cancelled with the request making this call
             children.adopt(response._cancel_call)
         return response
+
+
+    def _send_background(self, client: CallClient, req_id: str, payload: bytes, refs: tuple[str, ...],
+                         request_id: str | None, deadline_ms: int) -> DeploymentResponse:
+        """A background call (``actors.runtime.background``): no reply inbox, and not
+        cancelled with the request making it."""
+        from .runtime import background  # it builds on DeploymentResponse, defined below
+
+        ttl_ms = background.ttl_ms()
+        message = codec.encode_request(req_id=req_id, method=self._method_name, payload=payload, refs=refs,
+                                       model=self._model, request_id=request_id, background_ttl_ms=ttl_ms,
+                                       deadline_ms=deadline_ms)
+        queued = background.submit(client, self._app_name, self._deployment_name, req_id, message, refs,
+                                   method=self._method_name, ttl_ms=ttl_ms, model=self._model)
+        return background.BackgroundResponse(client, self._app_name, self._deployment_name, req_id, queued)
 
 
 def _rebuild_handle(kwargs: dict[str, Any]) -> DeploymentHandle:

@@ -35,15 +35,16 @@ from .config import (
 from .context import get_replica_context
 from .deployment import Application, Deployment
 from .exceptions import DeploymentUnavailableError
-from .handle import DeploymentHandle
+from .handle import DeploymentHandle, DeploymentResponse
 from .multiplex import get_multiplexed_model_id, multiplexed
 from .runtime import context as _ctx
+from .runtime.caller import get_client
 from .status import ServeStatus
 
 __all__ = [
     "deployment", "run", "start", "status", "delete", "shutdown", "ingress", "batch",
     "get_app_handle", "get_deployment_handle", "get_replica_context", "Application", "Deployment",
-    "context", "multiplexed", "get_multiplexed_model_id",
+    "context", "multiplexed", "get_multiplexed_model_id", "get_response",
 ]
 
 _UNSET: Any = object()
@@ -200,6 +201,21 @@ def get_deployment_handle(deployment_name: str, app_name: str = "default") -> De
             f"Application '{app_name}' has no deployment '{deployment_name}'; "
             f"it has: {', '.join(record['deployments'])}.")
     return ctx.handle(deployment_name, app_name)
+
+
+def get_response(request_id: str) -> DeploymentResponse:
+    """The response of a background request (``handle.options(background=True)``, or HTTP
+    with ``Prefer: respond-async``) by its ``request_id``, from any process that reaches
+    mqserve's Redis: ``await`` it, ``.result(timeout_s=)``, ``.cancel()``, ``.status()``
+    (``"QUEUED"``, ``"RUNNING"``, ``"SUCCEEDED"``, ``"FAILED"``, ``"CANCELLED"``).
+
+    Raises :class:`~actors.exceptions.RequestNotFoundError` (a ``KeyError``) for an
+    unknown id, or one whose outcome expired (``MQSERVE_BACKGROUND_TTL_S`` after it ended).
+    """
+    from .runtime import background
+
+    ctx = _ctx.get_context(start=False)
+    return background.lookup(get_client(ctx.url, ctx.keys, result_ttl_ms=ctx.settings.result_ttl_ms), request_id)
 
 
 def ingress(app: Any) -> Callable[[type], type]:

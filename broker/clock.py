@@ -48,11 +48,9 @@ def now() -> float | None:
     return None if _offset_s is None else time.time() + _offset_s
 
 
-def deadline_in(timeout_s: float, inherited_ms: int = 0) -> int:
-    """The deadline (Redis time, ms) of a request that must finish within ``timeout_s``,
-    or by ``inherited_ms`` (its parent's deadline, 0 for none) if that comes first."""
-    own = int((_now_or_local() + timeout_s) * 1000)
-    return min(own, inherited_ms) if inherited_ms else own
+def deadline_in(timeout_s: float) -> int:
+    """The deadline (Redis time, ms) of a request that must finish within ``timeout_s``."""
+    return int((_now_or_local() + timeout_s) * 1000)
 
 
 def seconds_left(deadline_ms: int) -> float:

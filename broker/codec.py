@@ -38,6 +38,8 @@ REQUEST_QUEUE = "serve"
 REQUEST_ID_LEN = 32
 #: The message option holding the user-visible request id (when it is not the message id).
 REQUEST_ID_OPTION = "request_id"
+#: The message option of a background request: the TTL (ms) of its outcome and record.
+BACKGROUND_OPTION = "background"
 #: The message option holding the request's deadline (Redis time, ms), when it has one.
 DEADLINE_OPTION = "deadline_ms"
 
@@ -112,6 +114,7 @@ def encode_request(
     socket: bool = False,
     model: str = "",
     request_id: str | None = None,
+    background_ttl_ms: int = 0,
     deadline_ms: int = 0,
 ) -> bytes:
     """The queued form of one call; ``reply_to`` is the caller's inbox key.
@@ -125,6 +128,8 @@ def encode_request(
     made while serving one request; only written when given, as a call that starts a
     request (from a driver, or the gateway without the header) uses its own id
     ``req_id`` (see :func:`request_id_of`), so it costs nothing there.
+    ``background_ttl_ms``: a background request (``options["background"]``, only if set),
+    whose outcome and status record are kept that long (``broker.background``).
     ``message_timestamp`` is Redis's time in ms (see :mod:`broker.clock`), as the
     replica that judges the request's age may run on a machine whose clock differs;
     0 if this process has not read Redis's clock yet (age unknown).
@@ -135,6 +140,8 @@ def encode_request(
         options["socket"] = True
     if model:
         options["multiplexed_model_id"] = model
+    if background_ttl_ms:
+        options[BACKGROUND_OPTION] = int(background_ttl_ms)
     if deadline_ms:
         options[DEADLINE_OPTION] = deadline_ms
     if request_id is not None and request_id != req_id:
@@ -263,6 +270,15 @@ def decode_outcome(data: bytes) -> tuple[bool, Any]:
         exc_blob, type_blob, type_name, message, tb = pickle.loads(body)
         return False, RemoteFailure(_try_loads(exc_blob), _try_loads(type_blob), type_name, message, tb)
     raise ValueError(f"unknown outcome tag {tag!r}")
+
+
+def failure_summary(outcome: bytes) -> tuple[str, str] | None:
+    """The exception type's name and message of an error outcome (None for a value),
+    without unpickling the exception or its class: for status records and the CLI."""
+    if not is_error(outcome):
+        return None
+    _, _, type_name, message, _ = pickle.loads(unseal(outcome)[1:])
+    return str(type_name), str(message)
 
 
 def is_error(outcome: bytes) -> bool:

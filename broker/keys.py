@@ -142,6 +142,20 @@ class Keys:
         """STRING set when a caller cancels a request that a replica already took."""
         return f"{self.ns}:cancel:{req_id}"
 
+    # Background requests (``handle.options(background=True)``, HTTP ``Prefer: respond-async``)
+    def background(self, req_id: str) -> str:
+        """HASH: the status record of a background request (``status``, ``app``,
+        ``deployment``, ``method``, ``created``/``started``/``ended`` in Redis's ms, ``attempts``,
+        ``error_type``, ``error``, ``ttl``; ``message`` while it is queued, so that any process
+        can withdraw it). Expires with the background TTL, as its result does."""
+        return f"{self.ns}:req:{req_id}"
+
+    @property
+    def failed(self) -> str:
+        """ZSET request id -> when its record expires (ms): background requests that FAILED,
+        for ``mqserve requests --failed``; trimmed of expired ids when read."""
+        return f"{self.ns}:failed"
+
     # Control plane ----------------------------------------------------------------------
     @property
     def nodes(self) -> str:

@@ -28,7 +28,7 @@ import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.errors import BrokerConnectionError
 
-from . import clock, codec, mux, scripts
+from . import background, clock, codec, mux, scripts
 from .connection import connect
 from .keys import Keys
 
@@ -123,8 +123,25 @@ class ServeBroker(dramatiq.Broker):
             results = [e]
         return self._completed(done, results, (redis.ConnectionError, OSError))
 
+    def started(self, message: Any, app: str, dep: str) -> None:
+        """A background request starts: its status record says RUNNING before user code
+        runs (the one round trip background requests add; see ``broker.background``)."""
+        try:
+            background.started(self.client, self.keys, message.message_id,
+                               attempt=int(message.options.get("attempt", 0)) + 1,
+                               ttl_ms=background.ttl_of(message.options), app=app, dep=dep,
+                               method=message.args[0] if message.args else "")
+        except redis.RedisError as e:  # its outcome will still be written; only its status lags
+            logger.warning("mqserve: could not mark background request %s RUNNING: %s", message.message_id, e)
+
     def _queue_complete(self, batch: scripts.Batch, message: Any, outcome: bytes) -> None:
-        """Add ``complete.lua`` for one taken message to ``batch``."""
+        """Add ``complete.lua`` for one taken message to ``batch`` (``bg_complete.lua`` for
+        a background request: its outcome is kept, and its record ends)."""
+        ttl_ms = background.ttl_of(message.options)
+        if ttl_ms:
+            background.complete(batch, self.keys, message.message_id, outcome, processing_key=self.processing_key,
+                                raw=message.raw, ttl_ms=ttl_ms, inbox_ttl_ms=self.result_ttl_ms)
+            return
         scripts.complete(batch, self.keys, message.message_id, outcome,
                          reply_to=message.options.get("reply_to", ""), processing_key=self.processing_key,
                          raw=message.raw, ttl_ms=self.result_ttl_ms, publish=outcome != STREAMED)
@@ -249,6 +266,7 @@ class _BlockingConsumer(Consumer):
                            ) -> list[tuple[bytes, dramatiq.Message[Any]]]:
         """Drop requests that waited over :data:`ABANDONED_CHECK_S` and whose caller's
         process is gone (its alive key expired): nobody would read their answer.
+        Background requests are never dropped so: their answer is kept for any reader.
         Fresh requests skip the check, so it costs nothing unless there is a backlog.
         Ages are in Redis's clock (the caller's machine may disagree with ours); a
         request whose age is unknown is kept."""
@@ -256,6 +274,7 @@ class _BlockingConsumer(Consumer):
         if now is None:
             return taken
         old = [(raw, m) for raw, m in taken if m.options.get("reply_to") and m.message_timestamp
+               and not background.ttl_of(m.options)  # runs whether its caller lives or not
                and now * 1000 - m.message_timestamp > ABANDONED_CHECK_S * 1000]
         if not old:
             return taken

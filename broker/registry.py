@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import redis
 
-from . import clock, codec, epoch, mux, scripts
+from . import background, clock, codec, epoch, mux, scripts
 from .cluster import ClusterRecords
 from .errors import RouteConflictError
 
@@ -164,6 +164,10 @@ class Registry(ClusterRecords):
             except Exception:
                 continue
             req_id, options = fields["message_id"], fields["options"]
+            if background.ttl_of(options):  # FAILED, kept and listed (mqserve requests --failed)
+                background.complete(batch, self.keys, req_id, outcome, processing_key=self.keys.pattern("none"),
+                                    raw=b"", ttl_ms=background.ttl_of(options), inbox_ttl_ms=result_ttl_ms)
+                continue
             if options.get("stream"):
                 batch.command("xadd", self.keys.stream(req_id), {b"e": outcome})
                 batch.command("pexpire", self.keys.stream(req_id), result_ttl_ms)
@@ -202,9 +206,20 @@ class Registry(ClusterRecords):
                 again.append(codec.retried_request(fields))
             else:
                 lost.append(raw)
+        self._requeued_background(again)  # first: a replica may start them as soon as they are back
         mux.requeue(self.redis, self.keys, app, dep, replica_id, again, leave=True)  # these run next
         self._fail_messages(lost, result_ttl_ms, error)
         return len(again), len(lost)
+
+    def _requeued_background(self, messages: list[bytes]) -> None:
+        """Background requests put back for another attempt are QUEUED again."""
+        pipe = self.redis.pipeline(transaction=False)
+        for raw in messages:
+            fields = codec.decode_request(raw)
+            if background.ttl_of(fields["options"]):
+                background.requeued(pipe, self.keys, fields["message_id"], raw, background.ttl_of(fields["options"]))
+        if len(pipe):
+            pipe.execute()
 
     # A Redis that restarted empty -------------------------------------------------------------
     def data_lost(self, seen: str | None) -> tuple[bool, str]:

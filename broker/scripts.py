@@ -25,10 +25,12 @@ class Script:
     """One Lua file; call it on a client, or queue it on a pipeline.
 
     ``uses`` names Lua files of shared functions (``mux.lua``), each put in place of its
-    marker line (``--@mux``) in the script: Redis has no ``require``, and one copy of the
-    routing rules is safer than one per script. Where the marker stands matters, as Lua
-    creates the functions each time it passes there: ``enqueue.lua`` has it in the branch
-    of multiplexed deployments only, so other requests do not pay for them."""
+    marker line (``--@mux``) in the script, in order (a file put in may have markers of the
+    files named after it: ``bg_enqueue.lua`` puts in ``enqueue.lua``, which uses ``mux.lua``):
+    Redis has no ``require``, and one copy of the routing rules is safer than one per script.
+    Where the marker stands matters, as Lua creates the functions each time it passes there:
+    ``enqueue.lua`` has it in the branch of multiplexed deployments only, so other requests
+    do not pay for them."""
 
     def __init__(self, name: str, *, uses: Sequence[str] = ()) -> None:
         self.name = name
@@ -63,7 +65,14 @@ LEAD = Script("lead")
 RESIGN = Script("resign")
 TAKE = Script("take")
 RERANK = Script("rerank")
-ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, WITHDRAW, REQUEUE, SETTLE, LEAD, RESIGN, TAKE, RERANK)
+# Background requests (broker/background.py); enqueue.lua runs unchanged inside bg_enqueue.lua.
+BG_ENQUEUE = Script("bg_enqueue", uses=("bg", "enqueue", "mux"))
+BG_START = Script("bg_start", uses=("bg",))
+BG_COMPLETE = Script("bg_complete", uses=("bg",))
+BG_READ = Script("bg_read", uses=("bg",))
+BG_CANCEL = Script("bg_cancel", uses=("bg", "mux"))
+ALL = (ENQUEUE, COMPLETE, WATCH, CANCEL, WITHDRAW, REQUEUE, SETTLE, LEAD, RESIGN, TAKE, RERANK,
+       BG_ENQUEUE, BG_START, BG_COMPLETE, BG_READ, BG_CANCEL)
 
 
 def complete(batch: Batch, keys: Any, req_id: str, outcome: bytes, *, reply_to: str, processing_key: str,

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,6 +29,7 @@ from starlette.routing import Route as StarletteRoute
 from actors.config import DEFAULT_MAX_BODY_BYTES
 from actors.exceptions import BackPressureError, DeploymentUnavailableError
 from actors.multiplex import model_id_from_headers
+from actors.runtime import background as background_calls
 from actors.runtime import bridge
 from actors.runtime.caller import CallClient, get_client
 from actors.runtime.controller import MEMBER_TTL_MS, ControllerLoop
@@ -37,7 +39,7 @@ from broker.connection import connect, connect_async
 from broker.keys import Keys
 from broker.registry import Registry
 
-from . import failures, websocket
+from . import background, failures, websocket
 from .dashboard import Dashboard
 from .failures import CLIENT_CLOSED_REQUEST, Answer, ResponseAborted
 from .metrics import DeploymentFigures, Metrics
@@ -188,6 +190,8 @@ class Gateway:
         if body is None:
             return await _send(send, Answer(413, f"Request body larger than {self.max_body_bytes} bytes "
                                                  "(MQSERVE_MAX_BODY_BYTES)."))
+        if background.prefers_async(scope):
+            return await self._submit_background(scope, send, route, req_id, headers, request_id, body)
         message, model = self.message(scope, route, req_id, headers, request_id, method=scope["method"], body=body)
         future = self.client.submit(route.app, route.ingress, req_id, message, model=model)
         client = ClientWatch(receive, self.timeout_s)
@@ -219,6 +223,26 @@ class Gateway:
         finally:
             client.close()
 
+    async def _submit_background(self, scope: Scope, send: Send, route: Route, req_id: str,
+                                 headers: list[tuple[bytes, bytes]], request_id: str, body: bytes) -> int:
+        """``Prefer: respond-async``: send it as a background request and answer 202 at
+        once (``gateway.background``); a refusal is answered as in the foreground."""
+        assert self.client is not None
+        ttl_ms = background_calls.ttl_ms()
+        message, model = self.message(scope, route, req_id, headers, request_id, background_ttl_ms=ttl_ms,
+                                      method=scope["method"], body=body)
+        queued = background_calls.submit(self.client, route.app, route.ingress, req_id, message, (),
+                                         method=f"{scope['method']} {scope['path']}", ttl_ms=ttl_ms, model=model,
+                                         http=True)
+        try:
+            await bridge.wait(queued)
+        except (BackPressureError, DeploymentUnavailableError, ConnectionError) as e:
+            return await _send(send, failures.refused(e))
+        status, answer_headers, content = background.accepted(req_id)
+        await send({"type": "http.response.start", "status": status, "headers": answer_headers})
+        await send({"type": "http.response.body", "body": content})
+        return status
+
     @staticmethod
     def identify(scope: Scope) -> tuple[str, list[tuple[bytes, bytes]], str]:
         """A new request's (or connection's) id, its headers and its user-visible id."""
@@ -226,9 +250,10 @@ class Gateway:
         return (req_id, *_with_request_id(scope, req_id))
 
     def message(self, scope: Scope, route: Route, req_id: str, headers: list[tuple[bytes, bytes]], request_id: str,
-                **fields: Any) -> tuple[bytes, str]:
+                *, background_ttl_ms: int = 0, **fields: Any) -> tuple[bytes, str]:
         """The queued message of a request (``fields``: its method and body) or of a
-        WebSocket connection (its subprotocols), and its multiplexed model id."""
+        WebSocket connection (its subprotocols), and its multiplexed model id. A
+        background request (``background_ttl_ms``) has no reply inbox."""
         assert self.client is not None
         snapshot = {
             "path": scope["path"], "root_path": route.root_path, "query_string": scope.get("query_string", b""),
@@ -239,11 +264,13 @@ class Gateway:
         # Only plain values: the replica unpickles this, the gateway never unpickles client data.
         payload = pickle.dumps(((snapshot,), {}), protocol=pickle.HIGHEST_PROTOCOL)
         model = model_id_from_headers(headers)  # routes it, as a handle's multiplexed_model_id
-        socket = scope["type"] == "websocket"  # a connection has no request timeout
-        deadline_ms = clock.deadline_in(self.timeout_s) if self.timeout_s and not socket else 0
-        return codec.encode_request(req_id=req_id, method="__call__", payload=payload,
-                                    reply_to=self.client.reply_inbox(), http=True, socket=socket,
-                                    model=model, request_id=request_id, deadline_ms=deadline_ms), model
+        socket = scope["type"] == "websocket"
+        waited = not socket and not background_ttl_ms  # a connection has no request timeout, nor a background request
+        deadline_ms = clock.deadline_in(self.timeout_s) if self.timeout_s and waited else 0
+        reply_to = "" if background_ttl_ms else self.client.reply_inbox()
+        return codec.encode_request(req_id=req_id, method="__call__", payload=payload, reply_to=reply_to, http=True,
+                                    socket=socket, model=model, request_id=request_id, deadline_ms=deadline_ms,
+                                    background_ttl_ms=background_ttl_ms), model
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
         for name, value in scope.get("headers", ()):
@@ -360,6 +387,8 @@ def create_app(url: str, namespace: str, *, result_ttl_ms: int, max_body_bytes: 
         StarletteRoute("/-/healthz", gw.healthz, methods=["GET"]),
         StarletteRoute("/-/routes", gw.list_routes, methods=["GET"]),
         StarletteRoute("/metrics", gw.metrics_text, methods=["GET"]),
+        StarletteRoute(background.MONITOR_PATH, partial(background.get_request, gw), methods=["GET"]),
+        StarletteRoute(background.MONITOR_PATH, partial(background.delete_request, gw), methods=["DELETE"]),
         *(Dashboard(gw.registry).routes() if dashboard else []),
     ], lifespan=gw.lifespan)
     admin.state.gateway = gw

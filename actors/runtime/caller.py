@@ -2,24 +2,17 @@
 
 One :class:`CallClient` per process and Redis. Replicas push ``request id + outcome``
 to the caller's inbox list; one listener per inbox resolves the futures of any number
-of calls in flight, so a process uses a handful of connections, not one per call.
+of calls in flight, so a process uses a handful of connections, not one per call. A
+plain thread sends its request itself (it would wait for the reply anyway); code on an
+event loop gets a :class:`~actors.runtime.channel.LoopChannel` (connection, inbox and
+listener task of its own), whose calls go out at once (:mod:`actors.runtime.sender`)
+and whose replies resolve on the loop itself.
 
-Two ways in, chosen by where the call is made:
-
-- a plain thread sends its request itself (it would wait for the reply anyway), and a
-  listener thread serves the process's thread inbox;
-- code running on an event loop gets a :class:`~actors.runtime.channel.LoopChannel` for
-  that loop: an asyncio connection, an inbox and a listener task of its own. A call made
-  there goes out without waiting for the loop to be free, as Ray's router sends it at
-  once (:mod:`actors.runtime.sender`), and its reply resolves on the loop itself, with no
-  hop through another thread.
-
-A request's outcome is written under its result key too, which the listener deletes
-once it has delivered the reply, unless the response was passed to another call by
-reference: then downstream replicas read it (``watch``), and it goes with the last read
-promised (``settle.lua``) when the response object is dropped. What the client keeps of
-each request to decide both is in :mod:`actors.runtime.pending`. Every command goes
-through the client's :class:`~broker.calls.Transport` (Redis, or a fake in unit tests).
+The listener deletes a result key once it delivered the reply, unless the response was
+passed to another call by reference: then it goes with the last read promised
+(``settle.lua``) once the response is dropped (the records: :mod:`actors.runtime.pending`).
+Background requests' results are never deleted (``runtime.background``). Every command
+goes through the client's :class:`~broker.calls.Transport` (Redis, or a fake in tests).
 """
 
 from __future__ import annotations
@@ -36,12 +29,12 @@ from typing import Any
 
 import redis
 
-from broker import calls, clock, codec, epoch, scripts, streams
+from broker import background, calls, clock, codec, epoch, scripts, streams
 from broker.codec import REQUEST_ID_LEN, new_request_id
 from broker.keys import Keys
 
 from ..config import BackpressureConfig
-from ..exceptions import RequestCancelledError, RequestLostError, cancelled_error, refused_error
+from ..exceptions import RequestCancelledError, RequestLostError, RequestNotFoundError, cancelled_error, refused_error
 from . import bridge
 from .channel import LoopChannel
 from .pending import PendingRequests, Settle
@@ -82,20 +75,24 @@ class CallClient:
         loop = bridge.running_loop()
         return self.inbox if loop is None else self._channel(loop).inbox
 
-    def submit(self, app: str, dep: str, req_id: str, message: bytes,
-               consumes: tuple[str, ...] = (), *, expect_reply: bool = True, model: str = "") -> Future[bytes]:
+    def submit(self, app: str, dep: str, req_id: str, message: bytes, consumes: tuple[str, ...] = (), *,
+               expect_reply: bool = True, model: str = "", via: Add | None = None) -> Future[bytes]:
         """Queue ``message`` for deployment ``app/dep``; the future gets its outcome bytes.
 
         ``consumes`` are ids of responses passed as arguments (see :meth:`pass_on`):
         their values will go to their result keys only, and their own futures resolve
-        to :data:`DETACHED`. Without ``expect_reply`` (streamed calls) the future
-        resolves once the request is queued. ``model``: its multiplexed model id, by which
-        a multiplexing deployment routes it.
+        to :data:`DETACHED`. Without ``expect_reply`` (streamed and background calls) the
+        future resolves once the request is queued. ``model``: its multiplexed model id,
+        by which a multiplexing deployment routes it. ``via``: the commands that queue it,
+        if not ``enqueue.lua`` alone (a background request's, ``runtime.background``).
         """
         fut: Future[bytes] = Future()
 
         def add(batch: scripts.Batch) -> None:
-            calls.enqueue(batch, self.keys, app, dep, req_id, message, consumes, self.result_ttl_ms, model)
+            if via is not None:
+                via(batch)
+            else:
+                calls.enqueue(batch, self.keys, app, dep, req_id, message, consumes, self.result_ttl_ms, model)
 
         def done(res: Any) -> None:
             if isinstance(res, Exception):
@@ -108,7 +105,7 @@ class CallClient:
 
         self._check_open()
         self._pending.add(req_id, fut, owner=expect_reply)
-        self._send(add, done)
+        self.send(add, done)
         return fut
 
     def pass_on(self, req_id: str, fut: Future[bytes]) -> bytes | None:
@@ -132,25 +129,28 @@ class CallClient:
         more. Safe from any thread and from ``__del__`` (takes no lock)."""
         self._pending.drop(req_id)
 
-    def watch(self, req_id: str, *, own: bool = False) -> Future[bytes]:
+    def watch(self, req_id: str, *, own: bool = False, kept: bool = False) -> Future[bytes]:
         """A future for the outcome of any request, by id: a chained call's argument, or
         (``own``) this process's response that was passed on and whose value went only to
-        its result key. Every watch is one of the reads the caller promised."""
+        its result key. Every watch is one of the reads the caller promised. ``kept``: a
+        background request's, which no read deletes (an unknown id fails the future)."""
         fut: Future[bytes] = Future()
         inbox = self.reply_inbox()
 
         def add(batch: scripts.Batch) -> None:
-            calls.watch(batch, self.keys, req_id, inbox, self.result_ttl_ms)
+            (background.read if kept else calls.watch)(batch, self.keys, req_id, inbox, self.result_ttl_ms)
 
         def done(res: Any) -> None:
             if isinstance(res, Exception):
                 self._fail(req_id, ConnectionError(f"could not reach Redis to read a result: {res}"))
+            elif isinstance(res, int):  # bg_read.lua: unknown, or expired
+                self._fail(req_id, RequestNotFoundError.expired(req_id))
             elif res is not None:
                 self._deliver(req_id, res)
 
         self._check_open()
         self._pending.add(req_id, fut, promise=own)
-        self._send(add, done)
+        self.send(add, done)
         return fut
 
     def cancel(self, app: str, dep: str, req_id: str, message: bytes, consumes: tuple[str, ...] = ()) -> None:
@@ -165,7 +165,7 @@ class CallClient:
             if res == 1:
                 self._not_run(req_id, consumes, cancelled_error(req_id))
 
-        self._send(add, done, outlive_loop=True)
+        self.send(add, done, outlive_loop=True)
 
     def withdraw(self, app: str, dep: str, req_id: str, message: bytes, consumes: tuple[str, ...] = ()) -> None:
         """Take back a request no replica has taken yet (its caller gave up waiting); its
@@ -178,7 +178,7 @@ class CallClient:
                 self._not_run(req_id, consumes, RequestCancelledError(
                     f"Request {req_id} was withdrawn unrun: its caller timed out before a replica took it."))
 
-        self._send(add, done, outlive_loop=True)
+        self.send(add, done, outlive_loop=True)
 
     def stream_entries(self, req_id: str, stopped: Callable[[], bool]) -> Iterator[dict[bytes, bytes]]:
         """Entries of a streamed response, from this thread (blocks in XREAD)."""
@@ -209,7 +209,7 @@ class CallClient:
             if isinstance(res, Exception):  # the stream expires with the result TTL; its writer goes on
                 logger.warning("mqserve: could not end stream %s (%s)", req_id, res)
 
-        self._send(add, done, outlive_loop=True)
+        self.send(add, done, outlive_loop=True)
 
     @property
     def closed(self) -> bool:
@@ -247,7 +247,7 @@ class CallClient:
                 channel = self._channels[loop] = LoopChannel(self, loop)
             return channel
 
-    def _send(self, add: Add, done: Done, *, outlive_loop: bool = False) -> None:
+    def send(self, add: Add, done: Done, *, outlive_loop: bool = False) -> None:
         """Run ``add``'s commands and pass the result to ``done``. ``outlive_loop``: the
         command must be sent even if the calling event loop closes right away (a
         cancellation as ``asyncio.run`` ends), so it goes through a thread instead."""
@@ -291,7 +291,7 @@ class CallClient:
             def add(batch: scripts.Batch) -> None:
                 calls.fail(batch, self.keys, req_id, outcome, self.result_ttl_ms)
 
-            self._send(add, lambda res: None, outlive_loop=True)
+            self.send(add, lambda res: None, outlive_loop=True)
 
     def _fail_if_lost(self, data: epoch.Watch) -> None:
         """If Redis restarted without its data, no pending call will be answered: say so."""

@@ -1,9 +1,9 @@
 """The ``mqserve`` command: ``run``, ``deploy``, ``status``, ``delete``, ``shutdown``,
-``queue`` (in ``queue_cmd``), ``worker``, ``gateway``.
+``queue`` (in ``queue_cmd``), ``requests`` (in ``requests_cmd``), ``worker``, ``gateway``.
 
-Operator commands (``status``, ``delete``, ``shutdown``, ``queue``) reach Redis through
-:func:`registry_for`: ``--redis-url``, ``MQSERVE_REDIS_URL``, or the local instance
-running on this machine."""
+Operator commands (``status``, ``delete``, ``shutdown``, ``queue``, ``requests``) reach
+Redis through :func:`registry_for`: ``--redis-url``, ``MQSERVE_REDIS_URL``, or the local
+instance running on this machine."""
 
 from __future__ import annotations
 
@@ -315,7 +315,7 @@ def _last_seen(age_s: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     from broker.queues import Queues
 
-    from . import queue_cmd  # imports this module: not at its top
+    from . import queue_cmd, requests_cmd  # they import this module: not at its top
     from .instances import LocalInstanceError
 
     parser = argparse.ArgumentParser(prog="mqserve", description="Ray Serve's model on Redis and Dramatiq.")
@@ -341,13 +341,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--json", action="store_true")
     queue = queue_cmd.add_parser(sub)
     queue.set_defaults(fn=lambda opts: queue_cmd.run(opts, registry_for(opts, Queues)))
+    requests = requests_cmd.add_parser(sub)
+    requests.set_defaults(fn=lambda opts: requests_cmd.run(opts, registry_for(opts, Registry)))
     worker = sub.add_parser("worker", help="run a node that hosts replicas")
     worker.add_argument("--name", default=None, help="worker id (default: host name and a random suffix)")
     worker.add_argument("--max-replicas", type=int, default=None, help="most replicas hosted here (default: no limit)")
     worker.set_defaults(fn=_worker)
     gateway = sub.add_parser("gateway", help="run an HTTP gateway")
     gateway.set_defaults(fn=_gateway)
-    for p in (run, deploy, status, delete, shutdown, queue, worker, gateway):
+    for p in (run, deploy, status, delete, shutdown, queue, requests, worker, gateway):
         p.add_argument("--redis-url", default=None, help="Redis to use (default: MQSERVE_REDIS_URL)")
     for p in (run, gateway):
         p.add_argument("--host", default=None, help="HTTP host (default 127.0.0.1)")

@@ -8,7 +8,8 @@ event loop, and the ASGI messages it sends become the reply:
 - a response sent in one piece is the request's outcome: ``("http", status, headers, body)``;
 - a response sent in several pieces (streaming) is announced to the gateway at its
   first piece, ``("http-stream", status, headers)``, and its body goes through the
-  request's stream.
+  request's stream; for a background request (``Prefer: respond-async``) its pieces are
+  collected into one response instead, stored for whoever reads it later.
 """
 
 from __future__ import annotations
@@ -181,8 +182,9 @@ def bind_ingress(app: Any, cls: type, instance: Any) -> ASGIApp:
 class _Reply:
     """Collects the ASGI messages of one response and turns them into the reply."""
 
-    def __init__(self, open_stream: Callable[[], StreamWriter]) -> None:
+    def __init__(self, open_stream: Callable[[], StreamWriter], collect: bool = False) -> None:
         self.open_stream = open_stream
+        self.collect = collect  # a background request's: its pieces make one stored response
         self.status = 500
         self.headers: list[tuple[bytes, bytes]] = []
         self.parts: list[bytes] = []
@@ -196,9 +198,9 @@ class _Reply:
             self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
         elif kind == "http.response.body":
             body, more = message.get("body", b""), message.get("more_body", False)
-            if self.writer is None and not more:
+            if self.collect or (self.writer is None and not more):
                 self.parts.append(body)
-                self.done = True
+                self.done = not more
                 return
             if self.writer is None:
                 self.writer = self.open_stream()
@@ -220,8 +222,11 @@ class _Reply:
         return STREAMED
 
 
-async def serve(app: ASGIApp, snapshot: dict[str, Any], open_stream: Callable[[], StreamWriter]) -> bytes:
-    """Run one HTTP request through ``app``; returns the request's outcome bytes."""
+async def serve(app: ASGIApp, snapshot: dict[str, Any], open_stream: Callable[[], StreamWriter], *,
+                collect: bool = False) -> bytes:
+    """Run one HTTP request through ``app``; returns the request's outcome bytes.
+    ``collect``: a background request (``Prefer: respond-async``), whose response is
+    stored whole for later reads: a streamed one is collected, not streamed to nobody."""
     scope = build_scope(snapshot)
     body = snapshot.get("body", b"")
     left = asyncio.Event()
@@ -235,7 +240,7 @@ async def serve(app: ASGIApp, snapshot: dict[str, Any], open_stream: Callable[[]
         await left.wait()  # a disconnect is only ever reported by cancellation
         return {"type": "http.disconnect"}
 
-    reply = _Reply(open_stream)
+    reply = _Reply(open_stream, collect)
     try:
         await app(scope, receive, reply.send)
     except Exception as e:

@@ -315,6 +315,8 @@ class Replica:
         """The Dramatiq actor: hands the message to :class:`Requests`, and the future of
         its outcome to the :class:`OutcomeWriter`, which has it written once resolved."""
         message: Any = CurrentMessage.get_current_message()
+        if message.options.get(codec.BACKGROUND_OPTION):
+            self.outcomes.broker.started(message, self.app, self.deployment)
         self.outcomes.settle(message, self.requests.run(message))
 
     def _start_worker(self, config: DeploymentConfig) -> tuple[dramatiq.Worker, ServeBroker]:

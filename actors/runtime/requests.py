@@ -52,6 +52,13 @@ logger = logging.getLogger("mqserve.replica")
 
 Outcome = concurrent.futures.Future[bytes]
 
+#: Seconds after its deadline a coroutine still running is cancelled by its own replica.
+#: A caller that waits cancels it at the deadline itself, from the top of the chain down,
+#: so that every level sees ``CancelledError`` as on Ray; this timer is the backstop for
+#: requests nobody cancels (their caller does not wait, or is gone), and it must not
+#: overtake the caller's cancellation on its way down the chain.
+EXPIRY_GRACE_S = 1.0
+
 
 class Transport(Protocol):
     """What running requests needs from Redis."""
@@ -190,8 +197,9 @@ class Requests:
             writer.on_cancel = lambda: task[0].cancel()
             return writer
 
-        return self._on_loop(message.message_id, http.serve(self._asgi_app(), snapshot, open_stream),
-                             lambda raw: raw, started=task.append)
+        served = http.serve(self._asgi_app(), snapshot, open_stream,
+                            collect=bool(message.options.get(codec.BACKGROUND_OPTION)))
+        return self._on_loop(message.message_id, served, lambda raw: raw, started=task.append)
 
     def _socket(self, message: dramatiq.Message[Any], payload: bytes) -> Outcome:
         """A WebSocket connection from the gateway, served by the ingress on the event
@@ -237,7 +245,8 @@ class Requests:
         self.cancels.start(req_id, task)
         if deadline_ms:
             self.loop.call_soon_threadsafe(
-                lambda: timer.append(self.loop.call_later(max(0.0, clock.seconds_left(deadline_ms)), expire)))
+                lambda: timer.append(self.loop.call_later(max(0.0, clock.seconds_left(deadline_ms)) + EXPIRY_GRACE_S,
+                                                          expire)))
         task.add_done_callback(done)
         return outcome
 
