@@ -349,6 +349,9 @@ class Settings:
     #: Where local instances write their records (``MQSERVE_RUNTIME_DIR``; None: the
     #: per-user default, see ``actors.runtime.instances``).
     runtime_dir: str | None = None
+    #: Whether gateways serve the dashboard (``/-/dashboard``, ``/-/api/status``);
+    #: ``MQSERVE_DASHBOARD=0`` turns both off.
+    dashboard: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -369,6 +372,7 @@ class Settings:
             redis_server=env.get("MQSERVE_REDIS_SERVER") or None,
             secret=env.get("MQSERVE_SECRET") or None,
             runtime_dir=env.get("MQSERVE_RUNTIME_DIR") or None,
+            dashboard=_flag(env, "MQSERVE_DASHBOARD", True),
         )
 
     @property
@@ -394,6 +398,17 @@ def _log_level(env: dict[str, str]) -> str:
         raise ConfigError(f"MQSERVE_LOG_LEVEL={env['MQSERVE_LOG_LEVEL']!r} is not a log level; "
                           f"use one of {', '.join(_LOG_LEVELS)}")
     return level
+
+
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={env[name]!r} is not a switch; use 1 or 0")
 
 
 def _number(env: dict[str, str], name: str, default: Any, kind: type) -> Any:

@@ -288,6 +288,13 @@ def is_error(outcome: bytes) -> bool:
     return outcome[start:start + 1] == _ERR
 
 
+def error_summary(outcome: bytes) -> tuple[str, str]:
+    """The exception type's qualified name and message of an error outcome, reading only
+    the plain strings stored beside the pickled exception (which stays unpickled)."""
+    exc_blob, type_blob, type_name, message, tb = pickle.loads(unseal(outcome)[1:])
+    return str(type_name), str(message)
+
+
 def _try_dumps(obj: Any) -> bytes | None:
     try:
         return dumps(obj)

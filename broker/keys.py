@@ -61,6 +61,27 @@ class Keys:
         the requests it counts, which a list could not show. Deleted with its app."""
         return f"{self.ns}:counts:{app}:{dep}"
 
+    # Dashboard figures (``broker.stats``) -------------------------------------------------
+    def stats(self, app: str, dep: str) -> str:
+        """STREAM of one deployment's figures, one entry per writer per second: each
+        replica's requests, errors and latency histogram of the last second, and the
+        controller's samples of queue depth and in-flight. Trimmed to the last
+        ``stats.WINDOW_S`` seconds by every write (``XADD MINID``), expires when nothing
+        is written."""
+        return f"{self.ns}:stats:{app}:{dep}"
+
+    def totals(self, app: str, dep: str) -> str:
+        """HASH of one deployment's request totals since it was deployed (``n``, ``e``,
+        ``s`` microseconds, ``b{i}`` histogram buckets), for ``/metrics``; added to by
+        each replica once a second, deleted with its app."""
+        return f"{self.ns}:totals:{app}:{dep}"
+
+    @property
+    def errors(self) -> str:
+        """LIST of the namespace's last ``stats.MAX_ERRORS`` failed requests (JSON: time,
+        app, deployment, replica, exception type, first line of its message), newest first."""
+        return f"{self.ns}:errors"
+
     # Multiplexing (deployments with a @serve.multiplexed loader; see mux.lua) ------------
     def mux_members(self, app: str, dep: str) -> str:
         """HASH replica id -> capacity (its ``max_ongoing_requests``): the replicas of a

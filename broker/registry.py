@@ -142,7 +142,8 @@ class Registry(ClusterRecords):
         pipe.hdel(self.keys.apps, name)
         pipe.hset(self.keys.deleting, name, json.dumps(record))
         for dep in record["deployments"]:
-            pipe.delete(self.keys.deployment(name, dep), self.keys.counts(name, dep))
+            pipe.delete(self.keys.deployment(name, dep), self.keys.counts(name, dep), self.keys.totals(name, dep),
+                        self.keys.stats(name, dep))
             pipe.lrange(self.keys.queue(name, dep), 0, -1)
             pipe.delete(self.keys.queue(name, dep))
         pipe.lpush(self.keys.controller_wake, 1)

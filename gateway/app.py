@@ -34,14 +34,15 @@ from actors.runtime import bridge
 from actors.runtime.caller import CallClient, get_client
 from actors.runtime.controller import MEMBER_TTL_MS, ControllerLoop
 from actors.status import collect_status
-from broker import clock, codec, counts, streams
+from broker import clock, codec, counts, stats, streams
 from broker.connection import connect, connect_async
 from broker.keys import Keys
 from broker.registry import Registry
 
 from . import background, failures, websocket
+from .dashboard import Dashboard
 from .failures import CLIENT_CLOSED_REQUEST, Answer, ResponseAborted
-from .metrics import Metrics
+from .metrics import DeploymentFigures, Metrics
 from .routing import Route, RouteTable
 from .watch import DONE, LEFT, TIMED_OUT, ClientWatch
 
@@ -131,11 +132,13 @@ class Gateway:
         status = await bridge.run_sync(collect_status, self.registry)
         deployments = [(app, name) for app, overview in status.applications.items() for name in overview.deployments]
         counted = await bridge.run_sync(counts.read, self.registry.redis, self.keys, deployments)
+        totals = await bridge.run_sync(stats.read_totals, self.registry.redis, self.keys, deployments)
+        figures = [DeploymentFigures(app, name, window) for (app, name), window in zip(deployments, totals)]
         rows = []
         for (app, name), events in zip(deployments, counted):
             dep = status.applications[app].deployments[name]
             rows.append((app, name, dep.queued_requests, dep.ongoing_requests, events.get(counts.EXPIRED, 0)))
-        return PlainTextResponse(self.metrics.render(rows), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(self.metrics.render(rows, figures), media_type="text/plain; version=0.0.4")
 
     async def _route(self, path: str) -> Route | None:
         route = self.routes.match(path)
@@ -153,13 +156,16 @@ class Gateway:
             await _send(send, Answer(404, f"Path '{path}' not found. Ping http://.../-/routes for available routes."))
             return
         status = 500
+        self.metrics.ongoing_http += 1
         try:
             status = await self._forward(scope, receive, send, route)
         except ResponseAborted as e:
             status = e.status
             raise
         finally:
-            self.metrics.observe(route.app, route.ingress, status, time.monotonic() - start)
+            self.metrics.ongoing_http -= 1
+            self.metrics.observe(route.app, route.ingress, status, time.monotonic() - start, route=route.prefix,
+                                 method=scope["method"])
 
     async def socket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket connection: relayed to its app's ingress (``gateway.websocket``)."""
@@ -371,9 +377,10 @@ class _GatewayApp:
 
 
 def create_app(url: str, namespace: str, *, result_ttl_ms: int, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               timeout_s: float | None = None, address: tuple[str, int] = ("", 0)) -> Any:
+               timeout_s: float | None = None, address: tuple[str, int] = ("", 0), dashboard: bool = True) -> Any:
     """The gateway's ASGI app; serve it with uvicorn (see ``gateway.server``). ``address``
-    is where it listens, announced in Redis for ``mqserve status``."""
+    is where it listens, announced in Redis for ``mqserve status``; ``dashboard`` serves
+    ``/-/dashboard`` and ``/-/api/status`` (``MQSERVE_DASHBOARD``)."""
     gw = Gateway(url, namespace, result_ttl_ms=result_ttl_ms, max_body_bytes=max_body_bytes, timeout_s=timeout_s,
                  address=address)
     admin = Starlette(routes=[
@@ -382,6 +389,7 @@ def create_app(url: str, namespace: str, *, result_ttl_ms: int, max_body_bytes: 
         StarletteRoute("/metrics", gw.metrics_text, methods=["GET"]),
         StarletteRoute(background.MONITOR_PATH, partial(background.get_request, gw), methods=["GET"]),
         StarletteRoute(background.MONITOR_PATH, partial(background.delete_request, gw), methods=["DELETE"]),
+        *(Dashboard(gw.registry).routes() if dashboard else []),
     ], lifespan=gw.lifespan)
     admin.state.gateway = gw
     return _GatewayApp(gw, admin)

@@ -1,9 +1,19 @@
-"""Request counters and latency histograms, rendered in Prometheus text format."""
+"""Request counters and latency histograms, rendered in Prometheus text format.
+
+Two sources: this gateway's own HTTP counters (in memory, per gateway process, as Ray's
+per-proxy metrics), and the deployments' figures every gateway reads from Redis (queue
+depth, in flight, and the totals replicas write once a second, ``broker.stats``), which
+are cluster-wide: the same on every gateway. Beside mqserve's names, the Ray Serve names
+that its Grafana dashboards query (``ray_serve_*``), where they map (README, "Metrics").
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from broker import stats
 
 #: Upper bounds (seconds) of the latency histogram buckets.
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -16,10 +26,16 @@ class Metrics:
         self.latency_count: dict[tuple[str, str], int] = defaultdict(int)
         self.latency_sum: dict[tuple[str, str], float] = defaultdict(float)
         self.latency_buckets: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(BUCKETS_S))
+        #: Ray's labels of HTTP requests: (application, route prefix, method, status code).
+        self.http_requests: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        #: HTTP requests this gateway is serving now.
+        self.ongoing_http = 0
 
-    def observe(self, app: str, deployment: str, status: int, seconds: float) -> None:
+    def observe(self, app: str, deployment: str, status: int, seconds: float, *, route: str = "",
+                method: str = "") -> None:
         code = str(status)
         self.requests[(app, deployment, code)] += 1
+        self.http_requests[(app, route, method, code)] += 1
         if status >= 400:
             self.errors[(app, deployment, code)] += 1
         key = (app, deployment)
@@ -30,9 +46,11 @@ class Metrics:
             if seconds <= bound:
                 buckets[i] += 1
 
-    def render(self, queues: Iterable[tuple[str, str, int, int, int]]) -> str:
+    def render(self, queues: Iterable[tuple[str, str, int, int, int]], figures: Sequence[DeploymentFigures] = ()
+               ) -> str:
         """Prometheus text; ``queues`` gives (app, deployment, queued, ongoing, expired) per
-        deployment (``expired``: requests dropped or cancelled as their deadline passed)."""
+        deployment (``expired``: requests dropped or cancelled as their deadline passed),
+        ``figures`` each deployment's totals (``broker.stats``) for Ray's names."""
         out = ["# HELP mqserve_http_requests_total HTTP requests by application, deployment and status.",
                "# TYPE mqserve_http_requests_total counter"]
         for (app, dep, code), n in sorted(self.requests.items()):
@@ -64,4 +82,68 @@ class Metrics:
                 "# TYPE mqserve_deployment_expired_requests_total counter"]
         for app, dep, _, _, expired in rows:
             out.append(f'mqserve_deployment_expired_requests_total{{application="{app}",deployment="{dep}"}} {expired}')
+        out += self._ray(rows, figures)
         return "\n".join(out) + "\n"
+
+    def _ray(self, rows: list[tuple[str, str, int, int, int]], figures: Sequence[DeploymentFigures]) -> list[str]:
+        """Ray Serve's metric names (counters with Prometheus' ``_total``, as Ray exports them)."""
+        out = ["# HELP ray_serve_num_http_requests_total HTTP requests this gateway served (Ray's proxy counter).",
+               "# TYPE ray_serve_num_http_requests_total counter"]
+        for (app, route, method, code), n in sorted(self.http_requests.items()):
+            out.append(f'ray_serve_num_http_requests_total{{application="{app}",route="{route}",method="{method}",'
+                       f'status_code="{code}"}} {n}')
+        out += ["# HELP ray_serve_num_ongoing_http_requests HTTP requests this gateway is serving now.",
+                "# TYPE ray_serve_num_ongoing_http_requests gauge",
+                f"ray_serve_num_ongoing_http_requests {self.ongoing_http}",
+                "# HELP ray_serve_deployment_request_counter_total Requests replicas of the deployment finished "
+                "(cluster-wide).",
+                "# TYPE ray_serve_deployment_request_counter_total counter"]
+        for f in figures:
+            out.append(f'ray_serve_deployment_request_counter_total{{{f.labels}}} {f.totals.count}')
+        out += ["# HELP ray_serve_deployment_error_counter_total Requests of the deployment that raised "
+                "(cluster-wide).",
+                "# TYPE ray_serve_deployment_error_counter_total counter"]
+        for f in figures:
+            out.append(f'ray_serve_deployment_error_counter_total{{{f.labels}}} {f.totals.errors}')
+        out += ["# HELP ray_serve_deployment_processing_latency_ms Time replicas took to process requests "
+                "(cluster-wide).",
+                "# TYPE ray_serve_deployment_processing_latency_ms histogram"]
+        for f in figures:
+            out += _histogram("ray_serve_deployment_processing_latency_ms", f.labels, f.totals)
+        out += ["# HELP ray_serve_deployment_queued_queries Requests waiting for a replica of the deployment.",
+                "# TYPE ray_serve_deployment_queued_queries gauge"]
+        for app, dep, queued, _, _ in rows:
+            out.append(f'ray_serve_deployment_queued_queries{{application="{app}",deployment="{dep}"}} {queued}')
+        return out
+
+
+@dataclass
+class DeploymentFigures:
+    """A deployment's totals (``broker.stats``), for Ray's deployment metrics."""
+
+    app: str
+    deployment: str
+    totals: stats.Window
+
+    @property
+    def labels(self) -> str:
+        return f'application="{self.app}",deployment="{self.deployment}"'
+
+
+#: Every 4th bound of ``stats.BOUNDS_MS`` (powers of two from 0.1 ms): the Prometheus
+#: buckets of the latency histogram (cumulative counts are exact at any of the bounds).
+_PROM_BOUNDS = range(0, len(stats.BOUNDS_MS), 4)
+
+
+def _histogram(name: str, labels: str, window: stats.Window) -> list[str]:
+    out, cumulative, i = [], 0, 0
+    ordered = sorted(window.buckets.items())
+    for b in _PROM_BOUNDS:
+        while i < len(ordered) and ordered[i][0] <= b:
+            cumulative += ordered[i][1]
+            i += 1
+        out.append(f'{name}_bucket{{{labels},le="{stats.BOUNDS_MS[b]:g}"}} {cumulative}')
+    out.append(f'{name}_bucket{{{labels},le="+Inf"}} {window.count}')
+    out.append(f"{name}_sum{{{labels}}} {window.sum_us / 1000:.3f}")
+    out.append(f"{name}_count{{{labels}}} {window.count}")
+    return out

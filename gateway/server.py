@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, "gateway", quiet=())
     app = create_app(opts.redis_url, opts.namespace, result_ttl_ms=settings.result_ttl_ms,
                      max_body_bytes=settings.max_body_bytes, timeout_s=opts.request_timeout_s,
-                     address=(opts.host, opts.port))
+                     address=(opts.host, opts.port), dashboard=settings.dashboard)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
                             lifespan="on", timeout_keep_alive=90,
                             http=_BoundedHttpTools if HttpToolsProtocol is not None else "auto")

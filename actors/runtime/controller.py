@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from broker import clock, stats
 from broker.connection import connect
 from broker.keys import Keys
 from broker.registry import Registry
@@ -52,6 +53,9 @@ PASS_S = 0.5
 RESTORE_GRACE_S = 5.0
 #: Seconds between sweeps for records of failed replicas that nothing refers to any more.
 SWEEP_S = 10.0
+#: Seconds between two samples of every deployment's queue depth and in-flight count
+#: for the dashboard (``broker.stats``), taken from what a pass reads anyway.
+SAMPLE_S = 1.0
 
 
 @dataclass
@@ -75,6 +79,9 @@ class Controller:
         self.swept_at = 0.0
         self.run_id: str | None = None
         self.restoring_until = 0.0
+        self.sampled_at = 0.0
+        #: The load last sampled per deployment: a deployment idle since is not sampled again.
+        self.sampled: dict[tuple[str, str], tuple[int, int]] = {}
 
     def reconcile(self) -> None:
         reg = self.registry
@@ -95,11 +102,13 @@ class Controller:
         capacity = {n: rec.get("max_replicas") for n, rec in nodes.items()}
         scale_states = reg.scale_states()
         wanted: set[tuple[str, str]] = set()
+        loads: dict[tuple[str, str], tuple[int, int]] = {}
         for app, record in reg.apps().items():
             deps = record["deployments"]
             configs = reg.deployment_configs(app, deps)
             replica_sets = reg.replica_sets(app, deps)
             requests = reg.load(app, deps, {d: list(replica_sets.get(d, {})) for d in deps})
+            loads.update(((app, d), (n["queued"], n["ongoing"])) for d, n in requests.items())
             for dep, (version, raw_config) in configs.items():
                 wanted.add((app, dep))
                 config = DeploymentConfig(**raw_config)
@@ -119,9 +128,23 @@ class Controller:
             self.scale.pop(key, None)
         for app, record in reg.deleting().items():
             self._finish_deleting(app, record)
+        self._sample(loads)
         if time.monotonic() - self.swept_at > SWEEP_S:  # a key scan: not on every pass
             self.swept_at = time.monotonic()
             self._drop_stale_records(wanted, assigned)
+
+    def _sample(self, loads: dict[tuple[str, str], tuple[int, int]]) -> None:
+        """Once a second, the dashboard's sample of each deployment's queue depth and
+        in-flight count; an idle deployment is written once, when it becomes idle."""
+        if time.monotonic() - self.sampled_at < SAMPLE_S:
+            return
+        self.sampled_at = time.monotonic()
+        idle = (0, 0)
+        changed = {key: load for key, load in loads.items() if load != idle or self.sampled.get(key, idle) != idle}
+        self.sampled = loads
+        now = clock.now()
+        stats.sample_load(self.registry.redis, self.registry.keys, changed,
+                          int((time.time() if now is None else now) * 1000))
 
     def _live_nodes(self) -> dict[str, dict[str, Any]]:
         """Nodes that heartbeat; bury the others (and forget silent gateways)."""

@@ -45,6 +45,7 @@ from .cancellation import Cancellations
 from .outcomes import OutcomeWriter
 from .procs import on_stdin_eof, setup_logging
 from .requests import RedisTransport, Requests
+from .stats import RequestStats, StatsFlusher
 
 logger = logging.getLogger("mqserve.replica")
 
@@ -137,6 +138,7 @@ class Replica:
         worker.stop(timeout=int(config.graceful_shutdown_timeout_s * 1000))
         self._unload_models(config.graceful_shutdown_timeout_s)
         self.outcomes.close()
+        self.stats.stop()  # after the last outcome: its figures are written too
         self._stop_ingress(config.graceful_shutdown_timeout_s)
         if self.access is not None:
             self.access.close()
@@ -320,9 +322,11 @@ class Replica:
     def _start_worker(self, config: DeploymentConfig) -> tuple[dramatiq.Worker, ServeBroker]:
         assert self.loop_thread is not None
         transport = RedisTransport(url=self.url, keys=self.keys, result_ttl_ms=self.result_ttl_ms, aio=self.aio)
+        figures = RequestStats(self.app, self.deployment, self.replica_id)
+        self.stats = StatsFlusher(self.registry.redis, self.keys, figures).start()
         self.requests = Requests(target=self.target, is_function=self.is_function, deployment=self.deployment,
                                  transport=transport, loop=self.loop_thread.loop, cancels=self.cancels,
-                                 app=self.app, access=self.access)
+                                 app=self.app, access=self.access, stats=figures)
         broker = ServeBroker(self.url, self.keys, queue_key=self.keys.queue(self.app, self.deployment),
                              processing_key=self.keys.processing(self.replica_id),
                              result_ttl_ms=self.result_ttl_ms, middleware=[CurrentMessage()])

@@ -45,6 +45,7 @@ from .access import AccessLog
 from .caller import CallClient, get_client
 from .cancellation import Cancellations, children, current_request
 from .multiplex import current_model
+from .stats import RequestStats
 from .streaming import Sink, StreamWriter, drive
 
 logger = logging.getLogger("mqserve.replica")
@@ -106,10 +107,10 @@ class Requests:
 
     def __init__(self, *, target: Any, is_function: bool, deployment: str, transport: Transport,
                  loop: asyncio.AbstractEventLoop, cancels: Cancellations, app: str = "",
-                 access: AccessLog | None = None) -> None:
+                 access: AccessLog | None = None, stats: RequestStats | None = None) -> None:
         self.target, self.is_function, self.deployment = target, is_function, deployment
         self.transport, self.loop, self.cancels = transport, loop, cancels
-        self.app, self.access = app, access
+        self.app, self.access, self.stats = app, access, stats
         self._ingress: http.ASGIApp | None = None
 
     def run(self, message: dramatiq.Message[Any]) -> Outcome:
@@ -133,6 +134,8 @@ class Requests:
             _serve_request_context.reset(context_token)
             current_request.reset(token)
         outcome.add_done_callback(lambda _: children.forget(req_id))
+        if self.stats is not None:  # the dashboard's figures: in memory, written once a second
+            self.stats.watch(outcome, started, request.request_id)
         if self.access is not None and not request.is_http_request:  # HTTP ones log in their app
             self.access.watch_call(message.args[0], request, started, outcome)
         return outcome

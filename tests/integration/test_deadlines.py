@@ -19,7 +19,7 @@ from actors.handle import DeploymentHandle
 from actors.runtime.context import current_context
 from broker import counts
 from broker.registry import Registry
-from tests.cluster import poll, serve_in
+from tests.cluster import dashboard_key, poll, serve_in
 
 
 @pytest.fixture(scope="module", params=["local", "cluster"])
@@ -96,7 +96,7 @@ def chain(mode: str) -> tuple[DeploymentHandle, DeploymentHandle]:
 def _keys(reg: Registry) -> set[bytes]:
     """The namespace's keys but listeners' alive keys and the counters."""
     return {k for k in reg.redis.scan_iter(match=reg.keys.pattern(), count=1000)
-            if not k.endswith(b":alive") and b":counts:" not in k}
+            if not k.endswith(b":alive") and b":counts:" not in k and not dashboard_key(k)}
 
 
 def _expired(reg: Registry) -> int:
