@@ -187,6 +187,15 @@ def serve_in(mode: str, redis_url: str, *, prefix: str) -> Iterator[str]:
         assert wait_until_gone(marker) == [], "processes left behind"
 
 
+def current_registry() -> Registry:
+    """The registry of this process's serve (started by :func:`serve_in`), whatever its mode."""
+    from actors.runtime.context import current_context
+
+    ctx = current_context()
+    assert ctx is not None, "serve is not started"
+    return ctx.registry
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

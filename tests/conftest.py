@@ -24,7 +24,7 @@ from broker import codec  # noqa: E402
 from broker.connection import connect  # noqa: E402
 from broker.keys import Keys  # noqa: E402
 from broker.registry import Registry  # noqa: E402
-from tests.cluster import LocalCluster, free_port  # noqa: E402,F401 - free_port is imported by tests
+from tests.cluster import LocalCluster, free_port, serve_in  # noqa: E402,F401 - free_port is imported by tests
 
 
 @pytest.fixture(autouse=True)
@@ -111,3 +111,13 @@ def run_python(code: str, *, env: dict[str, str] | None = None,
     full_env = {**base, "PYTHONPATH": ROOT, "MQSERVE_HTTP_PORT": str(free_port()), **(env or {})}
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module", params=["local", "cluster"])
+def mode(request, redis_url: str) -> Iterator[str]:
+    """This module's serve, once in local mode (private Redis on a Unix socket, one node)
+    and once in cluster mode (TCP Redis, a separate worker): its tests run in both."""
+    prefix = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:4]
+    with serve_in(request.param, redis_url, prefix=prefix) as mode:
+        yield mode
+

@@ -34,14 +34,15 @@ Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
-def build_scope(snapshot: dict[str, Any]) -> Scope:
+def build_scope(snapshot: dict[str, Any], kind: str = "http") -> Scope:
+    """The ASGI scope of a request (``kind`` "http") or a WebSocket connection
+    ("websocket"), from the gateway's snapshot of it."""
     path = snapshot["path"]
-    return {
-        "type": "http",
+    scope: Scope = {
+        "type": kind,
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": snapshot.get("http_version", "1.1"),
-        "method": snapshot["method"],
-        "scheme": snapshot.get("scheme", "http"),
+        "scheme": snapshot.get("scheme", "http" if kind == "http" else "ws"),
         "path": path,
         "raw_path": path.encode(),
         "root_path": snapshot.get("root_path", ""),
@@ -50,6 +51,11 @@ def build_scope(snapshot: dict[str, Any]) -> Scope:
         "server": tuple(snapshot["server"]) if snapshot.get("server") else None,
         "client": tuple(snapshot["client"]) if snapshot.get("client") else None,
     }
+    if kind == "http":
+        scope["method"] = snapshot["method"]
+    else:
+        scope["subprotocols"] = list(snapshot.get("subprotocols", []))
+    return scope
 
 
 def to_response(result: Any) -> Response:

@@ -29,6 +29,8 @@ from broker.errors import MQServeError
 from broker.sockets import Message
 from broker.streams import Cursor
 
+from . import http
+
 #: Messages an :class:`Outbox` holds before ``put`` waits for Redis (back pressure).
 OUTBOX_LIMIT = 256
 #: The close codes of a handler that returned without closing, and of one that raised.
@@ -82,31 +84,12 @@ class Outbox:
                 self.error = e
 
 
-def build_scope(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """The ASGI scope of a WebSocket connection, from the gateway's snapshot of it."""
-    path = snapshot["path"]
-    return {
-        "type": "websocket",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": snapshot.get("http_version", "1.1"),
-        "scheme": snapshot.get("scheme", "ws"),
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": snapshot.get("root_path", ""),
-        "query_string": snapshot.get("query_string", b""),
-        "headers": [(k, v) for k, v in snapshot.get("headers", [])],
-        "server": tuple(snapshot["server"]) if snapshot.get("server") else None,
-        "client": tuple(snapshot["client"]) if snapshot.get("client") else None,
-        "subprotocols": list(snapshot.get("subprotocols", [])),
-    }
-
-
 async def serve(app: Any, snapshot: dict[str, Any], streams: sockets.Streams, inbox: str) -> bytes:
     """Run ``app`` on one connection; the request's outcome is the close code sent.
     ``inbox``: the gateway's, whose liveness tells whether the client can still be there."""
     connection = _Connection(streams, inbox)
     try:
-        await app(build_scope(snapshot), connection.receive, connection.send)
+        await app(http.build_scope(snapshot, "websocket"), connection.receive, connection.send)
     except asyncio.CancelledError:
         await streams.drop()  # the gateway left: nobody reads either stream again
         raise

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,22 +17,11 @@ from actors.exceptions import DeploymentUnavailableError, ReplicaDiedError, Requ
 from actors.handle import DeploymentHandle
 from actors.runtime import sender
 from actors.runtime.context import current_context
-from broker.registry import Registry
-from tests.cluster import dashboard_key, poll, serve_in
+from tests.cluster import current_registry, dashboard_key, poll
 
 ROUNDS = 20
 
 
-@pytest.fixture(scope="module", params=["local", "cluster"])
-def mode(request, redis_url: str) -> Iterator[str]:
-    with serve_in(request.param, redis_url, prefix="comp") as mode:
-        yield mode
-
-
-def registry() -> Registry:
-    ctx = current_context()
-    assert ctx is not None
-    return ctx.registry
 
 
 @serve.deployment(max_ongoing_requests=1)
@@ -160,7 +148,8 @@ def test_a_cancelled_or_timed_out_upstream_fails_its_downstream_at_once(handles)
         # An upstream running (async) when cancelled.
         running = source.nap.remote(30)
         downstream = sink.remote(running)
-        poll(lambda: registry().redis.llen(registry().keys.queue("comp", "Source")) == 0, what="nap taken")
+        queue = current_registry().keys.queue("comp", "Source")
+        poll(lambda: current_registry().redis.llen(queue) == 0, what="nap taken")  # noqa: B023 - polled at once
         running.cancel()
         with pytest.raises(RequestCancelledError):
             downstream.result(timeout_s=10)
@@ -196,7 +185,7 @@ def test_a_cancel_during_take_up_is_not_lost(handles) -> None:
     """Cancelled after a replica took the request, before it started (the replica waits
     for the request's argument): the method never runs, sync or async."""
     source, sink, _ = handles
-    reg = registry()
+    reg = current_registry()
     queue = reg.keys.queue("comp", "Sink")
     ran_before = sink.count.remote().result(timeout_s=30)
     for i in range(ROUNDS):
@@ -216,7 +205,7 @@ def test_a_cancel_that_overtakes_its_request_keeps_it_from_running(handles, monk
     but a cancel goes out at once, on another connection: the request must not run when
     it arrives later."""
     source, sink, _ = handles
-    reg = registry()
+    reg = current_registry()
     ran_before = sink.count.remote().result(timeout_s=30)
     monkeypatch.setattr(sender.OVERRUN, "budget_s", 3600.0)  # no thread sends them meanwhile
 
@@ -244,7 +233,7 @@ def test_results_of_chained_calls_go_once_read(handles, mode: str) -> None:
     behind once their responses are read or dropped; nor does the caller keep any
     bookkeeping per call."""
     source, sink, orchestrator = handles
-    reg = registry()
+    reg = current_registry()
 
     def keys() -> set[bytes]:
         """Keys of the namespace but the alive keys of listeners (one per process or loop)."""

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from actors import serve
-from actors.handle import DeploymentHandle
 from tests.browser import NO_CHROMIUM, chromium, find_chromium
 from tests.cluster import LocalCluster, poll
+from tests.integration.test_dashboard import Front, Model
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
@@ -27,23 +27,6 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 ROOT = Path(__file__).resolve().parents[2]
 #: Set to 1 to write the screenshot kept for the README (docs/dashboard.png).
 UPDATE_SCREENSHOT = os.environ.get("MQSERVE_UPDATE_SCREENSHOT") == "1"
-
-
-@serve.deployment(num_replicas=2)
-class Model:
-    def __call__(self, x: str) -> str:
-        if x == "fail":
-            raise KeyError("no such model: fail")
-        return x.upper()
-
-
-@serve.deployment
-class Front:
-    def __init__(self, model: DeploymentHandle) -> None:
-        self.model = model
-
-    async def __call__(self, request):  # type: ignore[no-untyped-def]
-        return await self.model.remote(request.query_params.get("x", "ok"))
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +136,9 @@ def test_a_failing_request_appears_under_recent_errors(page: Any, base: str, tmp
     assert httpx.get(f"{base}/web?x=fail", timeout=10).status_code == 500
     # Then the page lists it: deployment, exception type, first line of its message (in
     # Model, and in Front, which awaited it and raised it again)
-    rows = page.locator('#recent-errors [data-error="KeyError"]')
+    rows = page.locator('#recent-errors [data-error="ValueError"]')
     poll(lambda: rows.filter(has_text="web / Model").count() >= 1, timeout_s=10, what="the failure on the page")
-    assert "no such model: fail" in str(rows.filter(has_text="web / Model").first.inner_text())
+    assert "dashboard test failure" in str(rows.filter(has_text="web / Model").first.inner_text())
     poll(lambda: rows.filter(has_text="web / Front").count() >= 1, timeout_s=10, what="the ingress's failure")
     assert page.evaluate("window.__sameDocument === true")
     # A screenshot of the page as it is now (and, on request, the README's)

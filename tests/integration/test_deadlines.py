@@ -9,29 +9,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from actors import serve
 from actors.exceptions import DeadlineExceededError
 from actors.handle import DeploymentHandle
-from actors.runtime.context import current_context
 from broker import counts
 from broker.registry import Registry
-from tests.cluster import dashboard_key, poll, serve_in
-
-
-@pytest.fixture(scope="module", params=["local", "cluster"])
-def mode(request, redis_url: str) -> Iterator[str]:
-    with serve_in(request.param, redis_url, prefix="dl") as mode:
-        yield mode
-
-
-def registry() -> Registry:
-    ctx = current_context()
-    assert ctx is not None
-    return ctx.registry
+from tests.cluster import current_registry, dashboard_key, poll
 
 
 @serve.deployment(max_ongoing_requests=1)
@@ -105,7 +91,7 @@ def _expired(reg: Registry) -> int:
 
 def test_a_deadline_travels_down_a_chain_and_the_blocked_call_never_runs(chain, mode: str) -> None:
     ingress, blocked = chain
-    reg = registry()
+    reg = current_registry()
     assert blocked.remote(0).result(timeout_s=30) == 0  # warm: every replica serves
     idle = _keys(reg)
     hold = blocked.hold.remote(5)  # the only slot of the chain's end, for 5 s
@@ -128,7 +114,7 @@ def test_a_request_is_never_started_past_its_deadline(chain, mode: str) -> None:
     """Here nobody cancels the queued call (no caller waits): the replica that takes it
     after its deadline drops it, and counts it."""
     _, blocked = chain
-    reg = registry()
+    reg = current_registry()
     before = _expired(reg)
     hold = blocked.hold.remote(1.5)
     late = blocked.options(timeout_s=0.5).remote(3)  # queued behind the hold; never awaited in time
@@ -141,7 +127,7 @@ def test_a_request_is_never_started_past_its_deadline(chain, mode: str) -> None:
 
 def test_a_running_coroutine_is_cancelled_at_its_deadline(chain, mode: str) -> None:
     _, blocked = chain
-    reg = registry()
+    reg = current_registry()
     before = _expired(reg)
     response = blocked.options(timeout_s=0.5).sleepy.remote(30)
     with pytest.raises(DeadlineExceededError):

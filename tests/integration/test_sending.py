@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from actors import serve
 from actors.handle import DeploymentHandle
-from tests.cluster import serve_in
 
 ROUNDS = 5
 #: How long the caller blocks its loop after calling; the downstream call must have
 #: started well within it.
 BLOCK_S = 0.3
 
-
-@pytest.fixture(scope="module", params=["local", "cluster"])
-def mode(request, redis_url: str) -> Iterator[str]:
-    with serve_in(request.param, redis_url, prefix="send") as mode:
-        yield mode
 
 
 @serve.deployment
