@@ -1,14 +1,17 @@
-"""The outcomes of requests that finish after their actor returned, many per round trip.
+"""The outcomes of requests, many per round trip.
 
-A request whose work goes on on the replica's event loop (an async method, an async
-generator, an HTTP request) is done only after its Dramatiq actor returned; its message
-keeps its slot in the consumer until its outcome is written. That write happens where
-the outcome resolves:
+Every message is deferred: Dramatiq's ack (on the consumer's thread, the one that takes
+messages) leaves it alone, and it keeps its slot in the consumer until its outcome is
+written. That write happens where the outcome resolves:
 
-- on an event loop: from that loop, with an asyncio connection of its own, every
-  outcome resolved during one step of the loop in one round trip (no thread hop);
-- anywhere else (a cancellation heard on the events thread), or when the loop found
-  Redis unreachable: by the writer's thread, which retries until Redis is back.
+- on an event loop (an async method, an async generator, an HTTP request): from that
+  loop, with an asyncio connection of its own, every outcome resolved during one step
+  of the loop in one round trip (no thread hop);
+- anywhere else: by the writer's thread, every outcome ready by the time it writes in
+  one round trip. A sync method's outcome is ready when its actor returns; writing it
+  on the consumer's ack instead cost a round trip per message on the thread that takes
+  messages. The thread also writes a cancellation heard on the events thread, and any
+  write the loop found Redis unreachable for, retrying until Redis is back.
 
 The Redis side (``complete.lua``, freeing the slots) is :class:`broker.queue.ServeBroker`'s.
 """
@@ -33,7 +36,7 @@ RETRY_S = 1.0
 
 
 class OutcomeWriter:
-    """Hands each request's outcome to the consumer: at once if ready, else when it is."""
+    """Writes each request's outcome once it is known, with the others known by then."""
 
     def __init__(self, broker: ServeBroker) -> None:
         self.broker = broker
@@ -47,12 +50,12 @@ class OutcomeWriter:
         self._thread.start()
 
     def settle(self, message: Any, outcome: concurrent.futures.Future[bytes]) -> None:
-        """Called by the actor: a ready outcome goes to the consumer's ack; one still
-        pending is written once it resolves, and the message is deferred until then."""
-        if outcome.done():
-            message.outcome = outcome.result()
-            return
+        """Called by the actor: the message is deferred until its outcome is written, by
+        the writer's thread if it is ready (with the others ready), else where it resolves."""
         message.deferred = True  # before the actor returns: the ack must leave it alone
+        if outcome.done():  # a sync method's: the writer's thread writes it, with the others ready
+            self._to_thread([(message, outcome.result())])
+            return
         outcome.add_done_callback(lambda future: self.post(message, future.result()))
 
     def post(self, message: Any, outcome: bytes) -> None:
