@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import dramatiq
@@ -86,6 +86,11 @@ class ServeBroker(dramatiq.Broker):
         self.queues: set[str] = set()
         self.draining = threading.Event()
         self.route = route
+        #: Set by the replica: starts a taken message at once on the consumer's thread
+        #: when it can (True), instead of handing it to a Dramatiq worker thread. For a
+        #: call that only schedules work on the event loop, the worker thread's hop is
+        #: the largest cost left on a replica.
+        self.start_here: Callable[[_Proxy], bool] | None = None
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 1000) -> Consumer:
         self.consumer = _BlockingConsumer(self, prefetch=prefetch, timeout_ms=timeout)
@@ -216,10 +221,13 @@ class _BlockingConsumer(Consumer):
             return None
         decoded = [(raw, self._decode(raw)) for raw in raws]
         messages = [(raw, m) for raw, m in decoded if m is not None]
+        start_here = self.broker.start_here
         for raw, message in self._without_abandoned(messages):
             with self.slots:
                 self.unfinished += 1
-            self.taken.append(_Proxy(message, raw))
+            proxy = _Proxy(message, raw)
+            if start_here is None or not start_here(proxy):
+                self.taken.append(proxy)
         return self.taken.popleft() if self.taken else None
 
     def _fetch(self, free: int) -> list[bytes]:

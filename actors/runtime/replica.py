@@ -319,6 +319,24 @@ class Replica:
             self.outcomes.broker.started(message, self.app, self.deployment)
         self.outcomes.settle(message, self.requests.run(message))
 
+    def _start_here(self, message: Any) -> bool:
+        """Start a call of an async method on the event loop from the consumer's thread,
+        skipping the hop to a worker thread: all it does before the loop takes over is
+        unpickle its arguments. Not for calls that may block first (chained arguments to
+        wait for; a background request's RUNNING mark) nor for other kinds of requests."""
+        options = message.options
+        method, _, refs = message.args
+        if refs or options.get("stream") or options.get("http") or options.get(codec.BACKGROUND_OPTION):
+            return False
+        is_async = self._async_methods.get(method)
+        if is_async is None:
+            target = self.target if self.is_function else getattr(self.target, method, None)
+            is_async = self._async_methods[method] = inspect.iscoroutinefunction(target)
+        if not is_async:
+            return False
+        self.outcomes.settle(message, self.requests.run(message))
+        return True
+
     def _start_worker(self, config: DeploymentConfig) -> tuple[dramatiq.Worker, ServeBroker]:
         assert self.loop_thread is not None
         transport = RedisTransport(url=self.url, keys=self.keys, result_ttl_ms=self.result_ttl_ms, aio=self.aio)
@@ -331,6 +349,8 @@ class Replica:
                              processing_key=self.keys.processing(self.replica_id),
                              result_ttl_ms=self.result_ttl_ms, middleware=[CurrentMessage()])
         self.outcomes = OutcomeWriter(broker)
+        self._async_methods: dict[str, bool] = {}
+        broker.start_here = self._start_here
         dramatiq.Actor(self._handle_request, broker=broker, actor_name=codec.REQUEST_ACTOR,
                        queue_name=codec.REQUEST_QUEUE, priority=0, options={})
         concurrency = config.max_ongoing_requests
