@@ -49,16 +49,15 @@ Done = tuple[Any, bytes]
 class _Proxy(MessageProxy):
     """A message plus the exact bytes it was queued as (needed to remove it by value).
 
-    The actor either sets ``outcome``, the request's encoded outcome, which the ack
-    writes; or, when the work goes on after the actor returned (on an event loop), sets
-    ``deferred``: the message then keeps its slot until whoever finishes the work writes
-    its outcome with :meth:`ServeBroker.complete` or :meth:`ServeBroker.complete_async`.
+    The actor sets ``deferred``: the message then keeps its slot until the replica's
+    outcome writer writes its outcome with :meth:`ServeBroker.complete` or
+    :meth:`ServeBroker.complete_async`. A message the ack finds not deferred is one whose
+    actor failed before it could hand its outcome over.
     """
 
     def __init__(self, message: dramatiq.Message[Any], raw: bytes) -> None:
         super().__init__(message)
         self.raw = raw
-        self.outcome: bytes | None = None
         self.deferred = False
 
 
@@ -329,17 +328,16 @@ class _BlockingConsumer(Consumer):
         self._finish(message)
 
     def _finish(self, message: Any) -> None:
-        """Write the outcome, notify waiters and drop the message from processing: one script.
+        """Answer a request whose actor failed before it handed its outcome over, rather
+        than leave its caller waiting: one script writes the error, notifies waiters and
+        drops the message from processing.
 
-        A deferred request keeps its slot: its outcome is written later, with others,
-        by whoever finishes its work, so no consumer or worker thread waits on it.
+        Every other request is deferred and keeps its slot: its outcome is written, with
+        others, by the replica's outcome writer, so no consumer or worker thread waits on it.
         """
         if message.deferred:
             return
-        outcome = message.outcome
-        if outcome is None:  # the actor itself failed: answer rather than leave the caller waiting
-            error = message._exception or RuntimeError("the request failed inside mqserve")
-            outcome = codec.encode_error(error)
+        outcome = codec.encode_error(message._exception or RuntimeError("the request failed inside mqserve"))
         batch = scripts.Batch()
         self.broker._queue_complete(batch, message, outcome)
         try:
