@@ -41,7 +41,7 @@ from broker.registry import Registry
 
 from . import background, failures, websocket
 from .dashboard import Dashboard
-from .failures import CLIENT_CLOSED_REQUEST, Answer, ResponseAborted
+from .failures import CLIENT_CLOSED_REQUEST, Answer, ResponseAborted, send_answer
 from .metrics import DeploymentFigures, Metrics
 from .routing import Route, RouteTable
 from .watch import DONE, LEFT, TIMED_OUT, ClientWatch
@@ -153,7 +153,8 @@ class Gateway:
         path = scope["path"]
         route = await self._route(path)
         if route is None:
-            await _send(send, Answer(404, f"Path '{path}' not found. Ping http://.../-/routes for available routes."))
+            await send_answer(send, Answer(404, f"Path '{path}' not found. "
+                                                "Ping http://.../-/routes for available routes."))
             return
         status = 500
         self.metrics.ongoing_http += 1
@@ -188,7 +189,7 @@ class Gateway:
         if body is _DISCONNECTED:  # the client left mid-body: never run a truncated request
             return CLIENT_CLOSED_REQUEST
         if body is None:
-            return await _send(send, Answer(413, f"Request body larger than {self.max_body_bytes} bytes "
+            return await send_answer(send, Answer(413, f"Request body larger than {self.max_body_bytes} bytes "
                                                  "(MQSERVE_MAX_BODY_BYTES)."))
         if background.prefers_async(scope):
             return await self._submit_background(scope, send, route, req_id, headers, request_id, body)
@@ -204,14 +205,14 @@ class Gateway:
                 if end is LEFT:
                     return CLIENT_CLOSED_REQUEST
                 assert self.timeout_s is not None
-                return await _send(send, failures.timed_out(request_id, self.timeout_s))
+                return await send_answer(send, failures.timed_out(request_id, self.timeout_s))
             try:
                 outcome = reply.result()
             except (BackPressureError, DeploymentUnavailableError, ConnectionError) as e:
-                return await _send(send, failures.refused(e))
+                return await send_answer(send, failures.refused(e))
             ok, value = codec.decode_outcome(outcome)
             if not ok:
-                return await _send(send, failures.failed(request_id, route.app, value))
+                return await send_answer(send, failures.failed(request_id, route.app, value))
             if value[0] == "http":
                 _, status, headers, content = value
                 await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -237,7 +238,7 @@ class Gateway:
         try:
             await bridge.wait(queued)
         except (BackPressureError, DeploymentUnavailableError, ConnectionError) as e:
-            return await _send(send, failures.refused(e))
+            return await send_answer(send, failures.refused(e))
         status, answer_headers, content = background.accepted(req_id)
         await send({"type": "http.response.start", "status": status, "headers": answer_headers})
         await send({"type": "http.response.body", "body": content})
@@ -345,15 +346,6 @@ def _answering_with(send: Send, request_id: str) -> Send:
         await send(message)
 
     return tagged
-
-
-async def _send(send: Send, answer: Answer) -> int:
-    body = answer.text.encode()
-    await send({"type": "http.response.start", "status": answer.status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()), *answer.headers]})
-    await send({"type": "http.response.body", "body": body})
-    return answer.status
 
 
 class _GatewayApp:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from actors.exceptions import BackPressureError, DeadlineExceededError, DeploymentUnavailableError
 from broker.codec import RemoteFailure
@@ -42,6 +44,18 @@ class Answer:
     status: int
     text: str
     headers: Headers = field(default_factory=list)
+
+
+async def send_answer(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], answer: Answer,
+                      kind: str = "http.response") -> int:
+    """Send ``answer`` as an ASGI response (``kind``: ``websocket.http.response`` to refuse
+    a WebSocket handshake with it); its status."""
+    body = answer.text.encode()
+    await send({"type": f"{kind}.start", "status": answer.status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()), *answer.headers]})
+    await send({"type": f"{kind}.body", "body": body})
+    return answer.status
 
 
 def refused(error: Exception) -> Answer:

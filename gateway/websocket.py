@@ -149,9 +149,4 @@ async def deny(scope: Scope, send: Send, answer: Answer) -> int:
     if _DENIAL not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1000, "reason": ""})
         return 403
-    body = answer.text.encode()
-    await send({"type": f"{_DENIAL}.start", "status": answer.status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()), *answer.headers]})
-    await send({"type": f"{_DENIAL}.body", "body": body})
-    return answer.status
+    return await failures.send_answer(send, answer, _DENIAL)
